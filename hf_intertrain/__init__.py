@@ -1,0 +1,33 @@
+"""hf_intertrain: InterTrain (training on interpolated inputs) for timm models on the Hugging Face Trainer.
+
+Public API:
+    InterTrainTrainer, InterTrainArguments    the Trainer subclass and its TrainingArguments
+    AmenabilityTracker, InterTrainBatchSampler selective interpolation and the epoch plan
+    linavg, randpatch, cell_rectangle_masks    interpolation operators
+    feature_grid, forward_split                split propagation for timm models
+"""
+
+from .config import DataArguments, InterTrainArguments, ModelArguments
+from .operators import cell_rectangle_masks, linavg, randpatch, upsample_cell_mask
+from .sampler import InterTrainBatchSampler
+from .split import check_splittable, feature_grid, forward_split
+from .tracker import AmenabilityTracker
+from .trainer import InterTrainTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmenabilityTracker",
+    "DataArguments",
+    "InterTrainArguments",
+    "InterTrainBatchSampler",
+    "InterTrainTrainer",
+    "ModelArguments",
+    "cell_rectangle_masks",
+    "check_splittable",
+    "feature_grid",
+    "forward_split",
+    "linavg",
+    "randpatch",
+    "upsample_cell_mask",
+]

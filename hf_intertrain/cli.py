@@ -1,0 +1,118 @@
+"""`hf-intertrain`: command-line parsing only (the work is in `run.py` and `compare.py`).
+
+    hf-intertrain train   [--config recipe.yaml] [--any_field value ...]
+    hf-intertrain compare [--config recipe.yaml] [--variants baseline,intertrain] [--any_field value ...]
+
+Arguments go through `HfArgumentParser` (every `TrainingArguments` field is a flag); `--config` loads a YAML
+recipe whose keys are the same field names, and flags on the command line override it. Without `--config`
+the packaged default recipe runs: the embedded CIFAR-10 sample on CPU in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import DataArguments, InterTrainArguments, ModelArguments
+
+DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
+COMMANDS = {
+    "train": "train one model (InterTrain, or the baseline with --interpolation none)",
+    "compare": "train the baseline and InterTrain with the same seed and settings; write comparison.json/.png",
+}
+
+
+@dataclass
+class CompareArguments:
+    """What `hf-intertrain compare` runs."""
+
+    variants: str = field(
+        default="baseline,intertrain",
+        metadata={
+            "help": "Comma-separated runs: baseline (interpolation none), intertrain (the configured InterTrain), "
+            "randpatch, linavg, naive (random pairs of all samples, no split/adaptive), no_split, region1."
+        },
+    )
+
+
+def load_recipe(path: str | os.PathLike) -> dict:
+    """A YAML recipe as a dict of field values; a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file; pass the path of a YAML recipe (see recipes/)")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config {path} must hold a mapping of field names to values")
+    return recipe
+
+
+def parse_args(command: str, argv: list[str]) -> tuple:
+    """(ModelArguments, DataArguments, InterTrainArguments[, CompareArguments]) from a recipe and the flags."""
+    types = [ModelArguments, DataArguments, InterTrainArguments] + ([CompareArguments] if command == "compare" else [])
+    parser = HfArgumentParser(types, prog=f"hf-intertrain {command}", description=COMMANDS[command])
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"YAML recipe with field values (flags override it). Default: {DEFAULT_RECIPE.name}, the embedded CIFAR-10 sample.",
+    )
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    recipe = load_recipe(known.config or DEFAULT_RECIPE)
+    valid = {f.name for t in types for f in fields(t) if f.init}
+    unknown = sorted(set(recipe) - valid)
+    if unknown:
+        raise ValueError(f"--config has unknown field(s) {', '.join(unknown)}: check the names against `hf-intertrain {command} --help`")
+    parser.set_defaults(**recipe)
+    outputs = parser.parse_args_into_dataclasses(args=argv)
+    return tuple(o for o in outputs if not isinstance(o, argparse.Namespace))
+
+
+def usage() -> str:
+    lines = ["usage: hf-intertrain {train,compare} [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
+    lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`hf-intertrain COMMAND --help` lists every field (model, data, InterTrain and TrainingArguments)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(usage(), file=sys.stderr)
+        print(f"\nhf-intertrain: error: unknown command {command!r}: use train or compare", file=sys.stderr)
+        return 2
+    try:
+        parsed = parse_args(command, rest)
+        if command == "train":
+            from .run import run_training
+
+            run_training(*parsed)
+        else:
+            from .compare import parse_variants, run_comparison
+
+            model_args, data_args, training_args, compare_args = parsed
+            run_comparison(model_args, data_args, training_args, parse_variants(compare_args.variants))
+    except (ValueError, OSError) as e:
+        if os.environ.get("HF_INTERTRAIN_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"hf-intertrain: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""`InterTrainArguments`: the InterTrain switches on top of `transformers.TrainingArguments`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .data import EMBEDDED_DATASET
+
+INTERPOLATIONS = ("randpatch", "linavg", "none")
+
+
+@dataclass
+class InterTrainArguments(TrainingArguments):
+    """Configuration of an InterTrain run.
+
+    Every field is a documented command-line flag through `HfArgumentParser`. With `interpolation="none"` the
+    trainer is the plain `transformers.Trainer` baseline (same batches, same loss), so a comparison changes one
+    flag only. The three techniques of the paper are switches so that its ablations (ALGORITHM.md, "What the
+    paper measures") are flags: `split_propagation`, `adaptive_interpolation`, `selective_interpolation`.
+
+    Defaults that differ from `TrainingArguments`:
+        per_device_train_batch_size: 64 (the paper's batch, Appendix 7.1; `TrainingArguments` uses 8).
+        per_device_eval_batch_size: 256.
+        logging_strategy: "epoch" (InterTrain's statistics are per epoch).
+        eval_strategy: "epoch" (accuracy against wall-clock time needs one evaluation per epoch; the CLI sets
+            "no" when the dataset has no evaluation split).
+        save_strategy: "epoch".
+        report_to: "none".
+        output_dir: "intertrain_output".
+    """
+
+    # Parameters that control interpolation
+    interpolation: str = field(
+        default="randpatch",
+        metadata={
+            "help": "How pairs are combined into one input: 'randpatch' (a rectangle of one image pasted into the "
+            "other), 'linavg' (weighted average) or 'none' (no interpolation: the plain Trainer baseline).",
+            "choices": list(INTERPOLATIONS),
+        },
+    )
+    split_propagation: bool = field(
+        default=True,
+        metadata={
+            "help": "RandPatch: pool and classify each constituent over its own cells of the final feature map "
+            "(ALGORITHM.md, 'Split propagation'). Off: both constituents use the logits of the whole input."
+        },
+    )
+    adaptive_interpolation: bool = field(
+        default=True,
+        metadata={
+            "help": "LinAvg: weight each pair by the constituents' previous losses, r = L_a / (L_a + L_b) "
+            "(ALGORITHM.md, 'Adaptive interpolation'). Off: r = patch_ratio."
+        },
+    )
+    selective_interpolation: bool = field(
+        default=True,
+        metadata={
+            "help": "Choose each epoch which samples to interpolate from the loss-based amenability metric "
+            "(ALGORITHM.md, 'Selective interpolation'). Off: naive interpolation, random pairs of all samples "
+            "every epoch."
+        },
+    )
+    amenability_regions: str = field(
+        default="1,3",
+        metadata={
+            "help": "Loss regions that admit a sample to interpolation: '1,3' (the paper's method) or '1' "
+            "(Region 1 only, an ablation of Table 4)."
+        },
+    )
+    patch_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "Target share r of constituent a: the RandPatch rectangle's area fraction, and the LinAvg "
+            "ratio when adaptive interpolation is off or a loss is unknown."
+        },
+    )
+
+    # Defaults that differ from TrainingArguments
+    output_dir: str | None = field(
+        default="intertrain_output", metadata={"help": "Where checkpoints, the final model and reports are written."}
+    )
+    per_device_train_batch_size: int = field(
+        default=64, metadata={"help": "Batch size per device: items (pairs or singles) per mini-batch."}
+    )
+    per_device_eval_batch_size: int = field(default=256, metadata={"help": "Batch size per device for evaluation."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    report_to: str | None = field(
+        default="none",
+        metadata={"help": "Integrations to report to ('tensorboard', 'wandb', 'all', 'none')."},
+    )
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation={self.interpolation!r} is not supported: use one of {', '.join(INTERPOLATIONS)}"
+            )
+        if not 0.0 < self.patch_ratio < 1.0:
+            raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")
+        regions = self.regions
+        if regions not in ((1,), (1, 3)):
+            raise ValueError(
+                f"amenability_regions={self.amenability_regions!r} is not supported: use '1,3' (the paper) or '1'"
+            )
+        super().__post_init__()
+
+    @property
+    def regions(self) -> tuple[int, ...]:
+        """`amenability_regions` as a sorted tuple of region numbers."""
+        try:
+            return tuple(sorted({int(part) for part in str(self.amenability_regions).split(",") if part.strip()}))
+        except ValueError:
+            raise ValueError(
+                f"amenability_regions={self.amenability_regions!r} must be a comma-separated list like '1,3'"
+            ) from None
+
+    @property
+    def interpolates(self) -> bool:
+        """Whether this run interpolates at all (False for the baseline)."""
+        return self.interpolation != "none"
+
+
+@dataclass
+class ModelArguments:
+    """Which timm model to train."""
+
+    model_name: str = field(
+        default="resnet10t",
+        metadata={"help": "timm model name (see `timm.list_models()`), e.g. resnet18, mobilenetv2_100, vit_tiny_patch16_224."},
+    )
+    model_kwargs: str | dict | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of extra `timm.create_model` arguments, e.g. '{\"output_stride\": 16}' for a finer "
+            "final feature grid or '{\"global_pool\": \"avg\"}' for ViT average pooling. Saved with the model."
+        },
+    )
+    pretrained: bool = field(
+        default=False,
+        metadata={"help": "Start from the model's pretrained weights (needs them in the local Hugging Face cache or the Hub)."},
+    )
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """`model_kwargs` as a dict, validated."""
+        kwargs = self.model_kwargs
+        if kwargs is None or kwargs == "":
+            return {}
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--model_kwargs is not valid JSON ({e.msg}): pass an object like '{{\"output_stride\": 16}}'") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model_kwargs must be a JSON object, got {type(kwargs).__name__}: e.g. '{{\"output_stride\": 16}}'")
+        if "num_classes" in kwargs:
+            raise ValueError("--model_kwargs must not set num_classes: the number of classes comes from the dataset's labels")
+        return kwargs
+
+
+@dataclass
+class DataArguments:
+    """Which image-classification dataset to train and evaluate on."""
+
+    dataset_name: str = field(
+        default=EMBEDDED_DATASET,
+        metadata={"help": "Hub dataset id or local path (parquet or imagefolder). Default: the CIFAR-10 sample shipped with the package."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name, if it has several."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (default: validation, valid, val or test, the first that exists)."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: the column of type Image)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: the ClassLabel column, or 'label')."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N rows only."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Square input size in pixels (default: the images' own size up to 64 px, else the model's pretrained input size)."},
+    )
+    verify_images: str = field(
+        default="auto",
+        metadata={"help": "Decode every image before training: 'auto' (splits up to 100k rows), 'all' or 'none'.", "choices": ["auto", "all", "none"]},
+    )

@@ -1,0 +1,179 @@
+"""One training run from parsed arguments: data, model, `InterTrainTrainer`, save, report.
+
+Shared by `hf-intertrain train`, `hf-intertrain compare` and `recipes/train.py`; the CLI only parses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import timm.data
+import transformers
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
+
+from .config import DataArguments, InterTrainArguments, ModelArguments
+from .data import ImageClassificationData, ImageClassificationDataset, build_transforms, load_image_classification_data
+from .metrics import build_compute_metrics
+from .trainer import InterTrainTrainer
+
+logger = logging.getLogger(__name__)
+
+RUN_REPORT_NAME = "intertrain_run.json"
+SMALL_IMAGE_MAX = 64
+
+
+@dataclass
+class RunReport:
+    """What one run measured: the numbers `compare` puts side by side."""
+
+    interpolation: str
+    train_seconds: float
+    eval_accuracy: float | None
+    eval_top5: float | None
+    num_train_samples: int
+    items_trained: int
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    train_runtime: float | None = None
+    output_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_model(model_args: ModelArguments, label_names: list[str]) -> TimmWrapperForImageClassification:
+    """A `TimmWrapperForImageClassification` for the dataset's classes (timm weights via transformers' wrapper)."""
+    if not timm.is_model(model_args.model_name) and not model_args.pretrained:
+        raise ValueError(
+            f"unknown timm model {model_args.model_name!r}: pick a name from timm.list_models(), e.g. resnet18"
+        )
+    kwargs = model_args.create_kwargs()
+    labels = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    if model_args.pretrained:
+        return TimmWrapperForImageClassification.from_pretrained(
+            model_args.model_name, model_args=kwargs or None, ignore_mismatched_sizes=True, **labels
+        )
+    config = TimmWrapperConfig(architecture=model_args.model_name, model_args=kwargs or None, **labels)
+    return TimmWrapperForImageClassification(config)
+
+
+def resolve_image_size(data_args: DataArguments, data: ImageClassificationData, model) -> int:
+    """`--image_size`, else the images' own size when small (CIFAR-like), else the model's pretrained input size."""
+    if data_args.image_size is not None:
+        if data_args.image_size < 8:
+            raise ValueError(f"--image_size={data_args.image_size} is too small: use at least 8 pixels")
+        return data_args.image_size
+    width, height = data.first_image_size()
+    if max(width, height) <= SMALL_IMAGE_MAX:
+        return max(width, height)
+    return int(timm.data.resolve_data_config({}, model=model.timm_model)["input_size"][-1])
+
+
+def build_datasets(data: ImageClassificationData, model, image_size: int):
+    """Train and eval datasets with the model's normalisation and the standard augmentation."""
+    data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+    native = max(data.first_image_size())
+    train = ImageClassificationDataset(
+        data.train,
+        build_transforms(data_config, image_size, is_training=True, native_size=native),
+        data.image_column,
+        data.label_column,
+    )
+    eval_dataset = None
+    if data.eval is not None:
+        eval_dataset = ImageClassificationDataset(
+            data.eval,
+            build_transforms(data_config, image_size, is_training=False, native_size=native),
+            data.image_column,
+            data.label_column,
+        )
+    return train, eval_dataset
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: InterTrainArguments
+) -> RunReport:
+    """Train one model as configured, save it, evaluate it, and write `intertrain_run.json` in `output_dir`."""
+    transformers.set_seed(training_args.seed)
+    data = load_image_classification_data(
+        data_args.dataset_name,
+        dataset_config=data_args.dataset_config,
+        train_split=data_args.train_split,
+        eval_split=data_args.eval_split,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        verify_images=data_args.verify_images,
+    )
+    model = build_model(model_args, data.label_names)
+    image_size = resolve_image_size(data_args, data, model)
+    train_dataset, eval_dataset = build_datasets(data, model, image_size)
+    if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
+        logger.warning("The dataset has no evaluation split: training without evaluation.")
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.do_eval = False
+
+    trainer = InterTrainTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        compute_metrics=build_compute_metrics() if eval_dataset is not None else None,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
+
+    eval_metrics: dict[str, float] = {}
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+    report = build_report(trainer, train_result.metrics, eval_metrics)
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training_args.output_dir, RUN_REPORT_NAME), "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+    return report
+
+
+def build_report(trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: dict) -> RunReport:
+    """Per-epoch statistics joined with the evaluation that followed each epoch."""
+    evals = {}
+    for entry in trainer.state.log_history:
+        if "eval_top1" in entry and "epoch" in entry:
+            evals[round(entry["epoch"])] = entry
+    epochs = []
+    elapsed = 0.0
+    for stats in trainer.intertrain_history:
+        epoch = int(stats["epoch"])
+        elapsed += stats["intertrain/epoch_seconds"]
+        row = {key.removeprefix("intertrain/"): value for key, value in stats.items()}
+        row["cumulative_train_seconds"] = elapsed
+        if epoch + 1 in evals:
+            row["eval_top1"] = evals[epoch + 1]["eval_top1"]
+            row["eval_loss"] = evals[epoch + 1].get("eval_loss")
+        epochs.append(row)
+    return RunReport(
+        interpolation=trainer.args.interpolation,
+        train_seconds=elapsed,
+        eval_accuracy=eval_metrics.get("eval_top1"),
+        eval_top5=eval_metrics.get("eval_top5"),
+        num_train_samples=len(trainer.train_dataset),
+        items_trained=int(sum(row["items"] for row in epochs)),
+        epochs=epochs,
+        train_runtime=train_metrics.get("train_runtime"),
+        output_dir=trainer.args.output_dir,
+    )

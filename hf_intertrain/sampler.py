@@ -1,0 +1,205 @@
+"""Batch sampler yielding InterTrain items: singles and interpolated pairs.
+
+Implements ALGORITHM.md "Batch plan of an epoch". An item is `(a, b, r)`: a pair interpolates
+samples a and b with a's share r; a single is `(a, -1, 1.0)`, the degenerate pair (a, a, 1).
+The plan is a function of (seed, epoch, tracker state) only, so every rank of a distributed
+run draws the same plan, and a resumed run redraws the plan it was in. Knows no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from hf_intertrain.tracker import AmenabilityTracker
+
+
+class EpochPlan(NamedTuple):
+    """The items of one epoch, in training order.
+
+    Attributes:
+        item_a: int64 first constituent (or the single's sample).
+        item_b: int64 second constituent, -1 for a single.
+        item_r: float32 share of `item_a`; 1.0 for a single.
+    """
+
+    item_a: np.ndarray
+    item_b: np.ndarray
+    item_r: np.ndarray
+
+
+class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
+    """Per epoch: pair a shuffle of S_int, add S_noInt as singles, shuffle the items, batch them.
+
+    The draws are made from `torch.Generator().manual_seed(seed + epoch)`: first
+    `randperm(|S_int|)` to pair S_int (only when there is something to pair), then
+    `randperm(num_items)` over the items ordered as pairs, the odd S_int sample out (a
+    single), then S_noInt in ascending index order. With nothing to pair the only draw is
+    `randperm(N)` over 0 .. N-1, exactly accelerate's `SeedableRandomSampler` (what
+    `transformers.Trainer` uses), so a baseline run sees the same order as a plain Trainer.
+
+    The plan is computed lazily by `set_epoch`, `__len__` or `__iter__` and cached until the
+    epoch or the tracker's `revision` changes. `__len__` therefore reflects the tracker state at
+    the time it is called. The sampler never advances its epoch by itself: call `set_epoch`
+    (transformers' Trainer does so every epoch).
+
+    Args:
+        tracker: Decides S_int for the tracker's current epoch.
+        batch_size: Items per batch (a pair is one item).
+        seed: Base seed; the epoch's generator is seeded with `seed + epoch`.
+        interpolate: False trains everything as singles whatever the tracker says (baseline).
+        adaptive_ratio: Pairs get r = L_a / (L_a + L_b) from the tracker (ALGORITHM.md
+            "Adaptive interpolation") instead of `target_ratio`.
+        target_ratio: a's share in every pair when `adaptive_ratio` is False, in (0, 1).
+        drop_last: Drop the last batch when it has fewer than `batch_size` items.
+    """
+
+    def __init__(
+        self,
+        tracker: AmenabilityTracker,
+        batch_size: int,
+        seed: int = 0,
+        interpolate: bool = True,
+        adaptive_ratio: bool = False,
+        target_ratio: float = 0.5,
+        drop_last: bool = False,
+    ):
+        if not isinstance(tracker, AmenabilityTracker):
+            raise ValueError(f"tracker must be an AmenabilityTracker, got {type(tracker).__name__}; build one with AmenabilityTracker(len(train_dataset)).")
+        _check_settings(batch_size, seed, interpolate, adaptive_ratio, target_ratio, drop_last)
+        self.tracker = tracker
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.interpolate = bool(interpolate)
+        self.adaptive_ratio = bool(adaptive_ratio)
+        self.target_ratio = float(target_ratio)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self._plan: EpochPlan | None = None
+        self._plan_key: tuple[int, int] | None = None
+        self._num_pairs = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch and make its plan (no redraw if epoch and tracker are unchanged)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}; pass the Trainer's epoch index.")
+        self.epoch = int(epoch)
+        self._ensure_plan()
+
+    @property
+    def plan(self) -> EpochPlan:
+        """The current epoch's items (item_a, item_b, item_r) in training order."""
+        return self._ensure_plan()
+
+    @property
+    def num_items(self) -> int:
+        """Items in the current epoch: N - num_pairs."""
+        return int(self._ensure_plan().item_a.shape[0])
+
+    @property
+    def num_pairs(self) -> int:
+        """Interpolated pairs in the current epoch."""
+        self._ensure_plan()
+        return self._num_pairs
+
+    def __len__(self) -> int:
+        num_items = self.num_items
+        if self.drop_last:
+            return num_items // self.batch_size
+        return -(-num_items // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, float]]]:
+        item_a, item_b, item_r = self._ensure_plan()
+        stop = len(self) * self.batch_size
+        for start in range(0, min(stop, item_a.shape[0]), self.batch_size):
+            end = start + self.batch_size
+            yield list(zip(item_a[start:end].tolist(), item_b[start:end].tolist(), item_r[start:end].tolist()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, epoch and settings; the plan itself is recomputed from them and the tracker."""
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "batch_size": self.batch_size,
+            "interpolate": self.interpolate,
+            "adaptive_ratio": self.adaptive_ratio,
+            "target_ratio": self.target_ratio,
+            "drop_last": self.drop_last,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the epoch, refusing a state whose seed or settings differ from this sampler's.
+
+        A resumed run must redraw the plan it was in; a different seed or batch size would make
+        the Trainer skip the wrong batches, so it is an error rather than a silent override.
+
+        Raises:
+            ValueError: When a key is missing or a setting differs.
+        """
+        mine = self.state_dict()
+        missing = sorted(set(mine) - set(state))
+        if missing:
+            raise ValueError(f"sampler state is missing {missing}; load a state saved by InterTrainBatchSampler.state_dict().")
+        differing = {k: state[k] for k in mine if k != "epoch" and state[k] != mine[k]}
+        if differing:
+            raise ValueError(f"sampler state has {differing} but this sampler has { {k: mine[k] for k in differing} }; resume with the same seed and sampler settings.")
+        self.set_epoch(int(state["epoch"]))
+
+    # ----------------------------------------------------------------------------------------
+    def _ensure_plan(self) -> EpochPlan:
+        key = (self.epoch, self.tracker.revision)
+        if self._plan is None or self._plan_key != key:
+            self._plan, self._num_pairs = self._make_plan()
+            self._plan_key = key
+        return self._plan
+
+    def _make_plan(self) -> tuple[EpochPlan, int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.interpolate:
+            s_int = self.tracker.s_int_indices()
+            noint = self.tracker.s_noint_indices()
+        else:
+            s_int = np.empty(0, dtype=np.int64)
+            noint = np.arange(self.tracker.num_samples, dtype=np.int64)
+        if s_int.size > 0:
+            shuffled = s_int[torch.randperm(s_int.size, generator=generator).numpy()]
+        else:
+            shuffled = s_int
+        num_pairs = shuffled.size // 2
+        pair_a = shuffled[0 : 2 * num_pairs : 2]
+        pair_b = shuffled[1 : 2 * num_pairs : 2]
+        if self.adaptive_ratio:
+            pair_r = self.tracker.adaptive_ratio(pair_a, pair_b)
+        else:
+            pair_r = np.full(num_pairs, self.target_ratio, dtype=np.float32)
+        singles = np.concatenate([shuffled[2 * num_pairs :], noint])
+
+        num_items = num_pairs + singles.size
+        order = torch.randperm(num_items, generator=generator).numpy()
+        # Same result as gathering the concatenated items with `order`, with fewer random
+        # gathers over tens of millions of entries: singles have b = -1 and r = 1.
+        item_a = order if shuffled.size == 0 else np.concatenate([pair_a, singles])[order]
+        item_b = np.full(num_items, -1, dtype=np.int64)
+        item_r = np.ones(num_items, dtype=np.float32)
+        if num_pairs:
+            is_pair = order < num_pairs
+            from_pair = order[is_pair]
+            item_b[is_pair] = pair_b[from_pair]
+            item_r[is_pair] = pair_r[from_pair]
+        return EpochPlan(item_a, item_b, item_r), num_pairs
+
+
+def _check_settings(batch_size: Any, seed: Any, interpolate: Any, adaptive_ratio: Any, target_ratio: Any, drop_last: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}; pass per_device_train_batch_size.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}; pass TrainingArguments.data_seed or seed.")
+    for name, value in (("interpolate", interpolate), ("adaptive_ratio", adaptive_ratio), ("drop_last", drop_last)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be a bool, got {value!r}; pass True or False.")
+    if isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float, np.floating)) or not 0.0 < float(target_ratio) < 1.0:
+        raise ValueError(f"target_ratio must be a float in (0, 1), got {target_ratio!r}; pass 0.5 (the paper's default).")

@@ -1,0 +1,392 @@
+"""Amenability tracker: which samples InterTrain interpolates in the next epoch.
+
+Implements ALGORITHM.md "Selective interpolation" and "Adaptive interpolation". Losses and
+correctness go in through `record`, decisions come out of `end_epoch`. Everything is a numpy
+array of length N, so ImageNet-21k sized datasets (14M samples) cost a few hundred MB and
+`end_epoch` is a handful of vectorised passes. It knows no model, no torch and no Trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+# Membership codes of `AmenabilityTracker.reason`.
+NOT_INTERPOLATED = 0
+"""In S_noInt: trained as a single."""
+REGION_1 = 1
+"""In S_int because its loss was in Region 1 (l < L_mid)."""
+NAIVE = 2
+"""In S_int because the tracker runs naive interpolation (`selective=False`)."""
+REGION_3 = 3
+"""In S_int because its loss was in Region 3 (l > L_incorr) and increased."""
+
+_VALID_REGIONS = (1, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochSummary:
+    """What `AmenabilityTracker.end_epoch` decided, for logging (the paper's per-epoch plots).
+
+    Attributes:
+        epoch: The epoch whose records were judged.
+        num_recorded: Samples with at least one record in that epoch.
+        num_interpolated: |S_int(epoch)|, the membership during that epoch.
+        region_1: Records of that epoch in Region 1 (0 when the averages are undefined).
+        region_2: Records of that epoch in Region 2 (0 when the averages are undefined).
+        region_3: Records of that epoch in Region 3 (0 when the averages are undefined).
+        l_corr: L_corr used for the decision (epochs before `epoch`), NaN when undefined.
+        l_incorr: L_incorr used for the decision, NaN when undefined.
+        l_mid: L_mid used for the decision, NaN when undefined.
+        next_interpolated: |S_int(epoch + 1)|.
+    """
+
+    epoch: int
+    num_recorded: int
+    num_interpolated: int
+    region_1: int
+    region_2: int
+    region_3: int
+    l_corr: float
+    l_incorr: float
+    l_mid: float
+    next_interpolated: int
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Plain Python values, ready for `Trainer.log` or JSON (NaN stays NaN)."""
+        return dataclasses.asdict(self)
+
+
+class AmenabilityTracker:
+    """Per-sample loss bookkeeping and the S_int / S_noInt decision of InterTrain.
+
+    The decision rules are ALGORITHM.md "Selective interpolation". Choices where the spec is
+    silent:
+
+    - One record per sample per epoch. A sample recorded several times in one epoch (a
+      distributed sampler padding with duplicates) counts once, with its mean loss and the
+      majority correctness; a tie counts as correct. The pooled averages count that one
+      averaged record as one observation.
+    - Undefined averages (no correct or no incorrect S_noInt observation pooled yet, which
+      includes every judgement after epoch 0): nobody is judged and everybody is in
+      S_noInt for the next epoch; the epoch's S_noInt records are still pooled.
+    - A sample without a record in the epoch goes to S_noInt for the next epoch and keeps its
+      previous losses.
+    - If L_corr > L_incorr, Regions 1 and 3 overlap; Region 1 wins, so the regions stay a
+      partition of the recorded samples.
+    - Naive mode (`selective=False`, the paper's "naive interpolation" ablation): every sample
+      is in S_int in every epoch, epoch 0 included, with reason code `NAIVE`; no S_noInt
+      observation exists, so the averages stay undefined.
+
+    Args:
+        num_samples: Number of samples N in the training set; indices are 0 .. N-1.
+        selective: False for naive interpolation of every sample in every epoch.
+        regions: Regions that may admit S_noInt samples into S_int: (1, 3) is the full method,
+            (1,) the "Region 1 only" ablation.
+    """
+
+    def __init__(self, num_samples: int, selective: bool = True, regions: tuple[int, ...] = (1, 3)):
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}; pass len(train_dataset).")
+        if not isinstance(selective, (bool, np.bool_)):
+            raise ValueError(f"selective must be a bool, got {selective!r}; pass True (InterTrain) or False (naive).")
+        try:
+            regions_t = tuple(sorted(int(r) for r in regions))
+        except (TypeError, ValueError):
+            raise ValueError(f"regions must be a tuple of ints, got {regions!r}; pass (1, 3) or (1,).") from None
+        if not regions_t or len(set(regions_t)) != len(regions_t) or not set(regions_t) <= set(_VALID_REGIONS):
+            raise ValueError(f"regions must be a non-empty subset of {_VALID_REGIONS} without repeats, got {regions!r}; pass (1, 3) or (1,).")
+        self.num_samples = int(num_samples)
+        self.selective = bool(selective)
+        self.regions = regions_t
+        self.epoch = 0
+        self._revision = 0
+        n = self.num_samples
+        self._reason = np.full(n, NOT_INTERPOLATED if self.selective else NAIVE, dtype=np.int8)
+        self._last_loss = np.full(n, np.nan, dtype=np.float32)
+        self._prev_noint_loss = np.full(n, np.nan, dtype=np.float32)
+        # Pooled S_noInt observations of completed epochs: index 0 correct, 1 incorrect.
+        self._pooled_sum = np.zeros(2, dtype=np.float64)
+        self._pooled_count = np.zeros(2, dtype=np.int64)
+        # Current-epoch buffers; int32 and float32 so they can be all-reduced with NCCL.
+        self._loss_sum = np.zeros(n, dtype=np.float32)
+        self._correct_count = np.zeros(n, dtype=np.int32)
+        self._count = np.zeros(n, dtype=np.int32)
+
+    # ----------------------------------------------------------------------------------------
+    # Read access
+    # ----------------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        """Increases whenever membership or last losses change, so a sampler knows to replan."""
+        return self._revision
+
+    @property
+    def reason(self) -> np.ndarray:
+        """Read-only int8 membership code per sample for the current epoch (see module constants)."""
+        return _read_only(self._reason)
+
+    @property
+    def last_loss(self) -> np.ndarray:
+        """Read-only float32 most recent recorded loss per sample (NaN until recorded)."""
+        return _read_only(self._last_loss)
+
+    @property
+    def prev_noint_loss(self) -> np.ndarray:
+        """Read-only float32 most recent loss recorded while in S_noInt (NaN until known)."""
+        return _read_only(self._prev_noint_loss)
+
+    @property
+    def interpolated(self) -> np.ndarray:
+        """Boolean membership of S_int for the current epoch."""
+        return self._reason != NOT_INTERPOLATED
+
+    def s_int_indices(self) -> np.ndarray:
+        """Sorted int64 indices of S_int(current epoch)."""
+        return np.flatnonzero(self._reason != NOT_INTERPOLATED).astype(np.int64, copy=False)
+
+    def s_noint_indices(self) -> np.ndarray:
+        """Sorted int64 indices of S_noInt(current epoch)."""
+        return np.flatnonzero(self._reason == NOT_INTERPOLATED).astype(np.int64, copy=False)
+
+    def averages(self) -> tuple[float, float, float]:
+        """(L_corr, L_incorr, L_mid) pooled over the S_noInt records of all completed epochs.
+
+        Each is NaN while undefined; L_mid is NaN unless both others are defined.
+        """
+        l_corr = self._pooled_sum[0] / self._pooled_count[0] if self._pooled_count[0] else math.nan
+        l_incorr = self._pooled_sum[1] / self._pooled_count[1] if self._pooled_count[1] else math.nan
+        return float(l_corr), float(l_incorr), float(0.5 * (l_corr + l_incorr))
+
+    def adaptive_ratio(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Adaptive LinAvg ratio r = L_a / (L_a + L_b) from the most recent recorded losses.
+
+        ALGORITHM.md "Adaptive interpolation": the harder constituent gets the larger share.
+        r is 0.5 where either loss is unknown or both are 0.
+
+        Args:
+            a: Indices of the first constituents.
+            b: Indices of the second constituents, same shape as `a`.
+
+        Returns:
+            float32 array of a's shares, same shape as `a`.
+        """
+        a = self._check_indices(a, "a")
+        b = self._check_indices(b, "b")
+        if a.shape != b.shape:
+            raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}; pass one b per a.")
+        la = self._last_loss[a]
+        total = la + self._last_loss[b]
+        ratio = np.full(a.shape, 0.5, dtype=np.float32)
+        np.divide(la, total, out=ratio, where=total > 0)  # NaN > 0 is False.
+        return ratio
+
+    # ----------------------------------------------------------------------------------------
+    # Recording
+    # ----------------------------------------------------------------------------------------
+    def record(self, indices: np.ndarray, losses: np.ndarray, correct: np.ndarray) -> None:
+        """Add one epoch's observations: per-constituent loss and correctness (ALGORITHM.md "Loss").
+
+        Args:
+            indices: Sample indices, 1-D integer array.
+            losses: Their losses (non-negative, finite), same length.
+            correct: Whether the argmax matched the label (bool, or 0/1 integers), same length.
+
+        Raises:
+            ValueError: On mismatched shapes, out-of-range indices, or a non-finite or negative
+                loss (a NaN loss means training diverged; it must not poison the averages).
+        """
+        idx = self._check_indices(indices, "indices")
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be 1-D, got shape {idx.shape}; flatten them first.")
+        loss = np.asarray(losses, dtype=np.float32)
+        corr = np.asarray(correct)
+        if loss.shape != idx.shape or corr.shape != idx.shape:
+            raise ValueError(f"indices, losses and correct must have equal 1-D shapes, got {idx.shape}, {loss.shape} and {corr.shape}; pass one loss and one correctness per index.")
+        bad = ~np.isfinite(loss) | (loss < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"loss of sample {int(idx[i])} is {float(loss[i])}: training diverged or the loss is not a cross-entropy; lower the learning rate or check the inputs.")
+        if corr.dtype != np.bool_:
+            if corr.size and (corr.dtype.kind not in "iu" or ((corr != 0) & (corr != 1)).any()):
+                raise ValueError(f"correct must be bool or 0/1 integers, got dtype {corr.dtype}; pass (logits.argmax(-1) == labels).")
+            corr = corr.astype(np.bool_)
+        np.add.at(self._loss_sum, idx, loss)
+        np.add.at(self._correct_count, idx, corr.astype(np.int32))
+        np.add.at(self._count, idx, 1)
+
+    def epoch_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live current-epoch buffers (loss_sum float32, correct_count int32, count int32).
+
+        No copy: a distributed trainer may sum them across ranks in place (e.g. through
+        `torch.from_numpy` and `all_reduce`), or sum copies and hand them to
+        `set_epoch_buffers`.
+        """
+        return self._loss_sum, self._correct_count, self._count
+
+    def set_epoch_buffers(self, loss_sum: np.ndarray, correct_count: np.ndarray, count: np.ndarray) -> None:
+        """Replace the current-epoch buffers, e.g. with their sum over all ranks.
+
+        Raises:
+            ValueError: On a wrong shape, a non-finite or negative loss sum, or counts where
+                correct_count > count or count < 0.
+        """
+        shape = (self.num_samples,)
+        arrays = [np.asarray(x) for x in (loss_sum, correct_count, count)]
+        if any(x.shape != shape for x in arrays):
+            raise ValueError(f"epoch buffers must all have shape {shape}, got {[x.shape for x in arrays]}; pass arrays from epoch_buffers().")
+        loss_sum, correct_count, count = arrays
+        if not np.isfinite(loss_sum).all() or (loss_sum < 0).any():
+            raise ValueError("loss_sum has a non-finite or negative value: training diverged; lower the learning rate or check the inputs.")
+        if (count < 0).any() or (correct_count < 0).any() or (correct_count > count).any():
+            raise ValueError("epoch counts are inconsistent (negative, or correct_count > count); sum the buffers of all ranks element-wise.")
+        self._loss_sum = loss_sum.astype(np.float32, copy=True)
+        self._correct_count = correct_count.astype(np.int32, copy=True)
+        self._count = count.astype(np.int32, copy=True)
+
+    # ----------------------------------------------------------------------------------------
+    # Decision
+    # ----------------------------------------------------------------------------------------
+    def end_epoch(self) -> EpochSummary:
+        """Judge the current epoch E's records and set the membership of epoch E + 1.
+
+        ALGORITHM.md "Selective interpolation", in this order: regions from the averages of
+        epochs 0 .. E-1; membership of E + 1; then E's S_noInt records join the averages and
+        each sample's last losses are updated; the buffers are cleared and `epoch` becomes
+        E + 1.
+
+        Returns:
+            The summary of epoch E for logging.
+        """
+        n = self.num_samples
+        reason = self._reason
+        recorded = self._count > 0
+        loss = np.full(n, np.nan, dtype=np.float32)
+        np.divide(self._loss_sum, self._count, out=loss, where=recorded, casting="unsafe")
+        was_noint = reason == NOT_INTERPOLATED
+
+        l_corr, l_incorr, l_mid = self.averages()
+        defined = not math.isnan(l_mid)
+        counts = [0, 0, 0]
+        next_reason = np.full(n, NOT_INTERPOLATED if self.selective else NAIVE, dtype=np.int8)
+        if defined:
+            in_r1 = loss < l_mid  # NaN (unrecorded) compares False everywhere.
+            in_r3 = loss > l_incorr
+            in_r3 &= ~in_r1
+            counts[0] = int(np.count_nonzero(in_r1))
+            counts[2] = int(np.count_nonzero(in_r3))
+            counts[1] = int(np.count_nonzero(recorded)) - counts[0] - counts[2]
+            if self.selective and 1 in self.regions:
+                # S_noInt admitted by Region 1, and Region-1 members that stay below L_mid.
+                next_reason[in_r1 & (was_noint | (reason == REGION_1))] = REGION_1
+            if self.selective and 3 in self.regions:
+                increased = loss > self._prev_noint_loss  # Unknown previous loss: False.
+                next_reason[in_r3 & was_noint & increased] = REGION_3
+
+        noint_rec = was_noint & recorded
+        is_correct = 2 * self._correct_count >= self._count  # Majority; a tie counts as correct.
+        for slot, mask in ((0, noint_rec & is_correct), (1, noint_rec & ~is_correct)):
+            self._pooled_sum[slot] += loss[mask].sum(dtype=np.float64)
+            self._pooled_count[slot] += int(np.count_nonzero(mask))
+        np.copyto(self._last_loss, loss, where=recorded)
+        np.copyto(self._prev_noint_loss, loss, where=noint_rec)
+
+        summary = EpochSummary(
+            epoch=self.epoch,
+            num_recorded=int(np.count_nonzero(recorded)),
+            num_interpolated=n - int(np.count_nonzero(was_noint)),
+            region_1=counts[0],
+            region_2=counts[1],
+            region_3=counts[2],
+            l_corr=l_corr,
+            l_incorr=l_incorr,
+            l_mid=l_mid,
+            next_interpolated=n - int(np.count_nonzero(next_reason == NOT_INTERPOLATED)),
+        )
+        self._reason = next_reason
+        self._loss_sum.fill(0)
+        self._correct_count.fill(0)
+        self._count.fill(0)
+        self.epoch += 1
+        self._revision += 1
+        return summary
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpointing
+    # ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume, as numpy arrays only (savable with `safetensors.numpy`).
+
+        Settings (`num_samples`, `selective`, `regions`) are included so that a checkpoint of a
+        different dataset or method is refused by `load_state_dict`.
+        """
+        return {
+            "num_samples": np.array([self.num_samples], dtype=np.int64),
+            "selective": np.array([self.selective], dtype=np.bool_),
+            "regions": np.array(self.regions, dtype=np.int64),
+            "epoch": np.array([self.epoch], dtype=np.int64),
+            "reason": self._reason.copy(),
+            "last_loss": self._last_loss.copy(),
+            "prev_noint_loss": self._prev_noint_loss.copy(),
+            "pooled_sum": self._pooled_sum.copy(),
+            "pooled_count": self._pooled_count.copy(),
+            "epoch_loss_sum": self._loss_sum.copy(),
+            "epoch_correct_count": self._correct_count.copy(),
+            "epoch_count": self._count.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a `state_dict`, refusing one of another dataset size or other settings.
+
+        Raises:
+            ValueError: When a key is missing, or num_samples, selective or regions differ.
+        """
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:
+            raise ValueError(f"tracker state is missing {missing}; load a state saved by AmenabilityTracker.state_dict().")
+        num_samples = int(np.asarray(state["num_samples"]).reshape(-1)[0])
+        if num_samples != self.num_samples:
+            raise ValueError(f"tracker state has num_samples={num_samples} but this tracker has {self.num_samples}; resume with the same training set or start a new run.")
+        selective = bool(np.asarray(state["selective"]).reshape(-1)[0])
+        regions = tuple(int(r) for r in np.asarray(state["regions"]).reshape(-1))
+        if selective != self.selective or regions != self.regions:
+            raise ValueError(f"tracker state has selective={selective}, regions={regions} but this tracker has selective={self.selective}, regions={self.regions}; resume with the same interpolation settings.")
+        per_sample = {
+            "reason": np.int8, "last_loss": np.float32, "prev_noint_loss": np.float32,
+            "epoch_loss_sum": np.float32, "epoch_correct_count": np.int32, "epoch_count": np.int32,
+        }
+        for key in per_sample:
+            if np.asarray(state[key]).shape != (self.num_samples,):
+                raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected ({self.num_samples},); the checkpoint is corrupt, start a new run.")
+        for key in ("pooled_sum", "pooled_count"):
+            if np.asarray(state[key]).shape != (2,):
+                raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected (2,); the checkpoint is corrupt, start a new run.")
+        self.epoch = int(np.asarray(state["epoch"]).reshape(-1)[0])
+        self._reason = np.array(state["reason"], dtype=np.int8)
+        self._last_loss = np.array(state["last_loss"], dtype=np.float32)
+        self._prev_noint_loss = np.array(state["prev_noint_loss"], dtype=np.float32)
+        self._pooled_sum = np.array(state["pooled_sum"], dtype=np.float64)
+        self._pooled_count = np.array(state["pooled_count"], dtype=np.int64)
+        self._loss_sum = np.array(state["epoch_loss_sum"], dtype=np.float32)
+        self._correct_count = np.array(state["epoch_correct_count"], dtype=np.int32)
+        self._count = np.array(state["epoch_count"], dtype=np.int32)
+        self._revision += 1
+
+    # ----------------------------------------------------------------------------------------
+    def _check_indices(self, indices: np.ndarray, name: str) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.size == 0:
+            return idx.astype(np.int64)
+        if idx.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer array, got dtype {idx.dtype}; pass dataset indices.")
+        if idx.min() < 0 or idx.max() >= self.num_samples:
+            raise ValueError(f"{name} must lie in [0, {self.num_samples}), got values in [{idx.min()}, {idx.max()}]; pass indices of this training set.")
+        return idx.astype(np.int64, copy=False)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view

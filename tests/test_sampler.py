@@ -1,0 +1,210 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+from accelerate.data_loader import SeedableRandomSampler
+
+from hf_intertrain.sampler import InterTrainBatchSampler
+from hf_intertrain.tracker import AmenabilityTracker
+
+
+def tracker_with_s_int(num_samples: int, s_int: list[int]) -> AmenabilityTracker:
+    """A tracker in epoch 2 whose S_int is exactly `s_int` (Region 1), built through its rules."""
+    tracker = AmenabilityTracker(num_samples)
+    correct = np.arange(num_samples) % 2 == 0
+    losses = np.where(correct, 1.0, 3.0)  # L_corr = 1, L_incorr = 3, L_mid = 2.
+    tracker.record(np.arange(num_samples), losses, correct)
+    tracker.end_epoch()
+    losses = np.full(num_samples, 2.5)
+    losses[s_int] = 0.1 + 0.1 * np.arange(len(s_int))  # Distinct losses for the adaptive ratio.
+    tracker.record(np.arange(num_samples), losses, correct)
+    tracker.end_epoch()
+    assert tracker.s_int_indices().tolist() == sorted(s_int)
+    return tracker
+
+
+def samples_seen(batches: list[list[tuple[int, int, float]]]) -> list[int]:
+    seen = []
+    for batch in batches:
+        for a, b, _ in batch:
+            seen.append(a)
+            if b >= 0:
+                seen.append(b)
+    return seen
+
+
+def test_every_sample_appears_exactly_once_per_epoch():
+    tracker = tracker_with_s_int(23, [1, 4, 5, 8, 9, 13, 17, 20, 22])
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, seed=3)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(samples_seen(batches)) == list(range(23))
+        assert len(batches) == len(sampler)
+
+
+def test_items_plus_pairs_equals_num_samples_and_pairs_come_from_s_int():
+    s_int = [0, 2, 3, 7, 11, 12]
+    tracker = tracker_with_s_int(15, s_int)
+    sampler = InterTrainBatchSampler(tracker, batch_size=5)
+    sampler.set_epoch(2)
+    assert sampler.num_pairs == 3
+    assert sampler.num_items + sampler.num_pairs == 15
+    plan = sampler.plan
+    pairs = plan.item_b >= 0
+    assert sorted(np.concatenate([plan.item_a[pairs], plan.item_b[pairs]]).tolist()) == s_int
+    assert (plan.item_r[~pairs] == 1.0).all() and (plan.item_r[pairs] == 0.5).all()
+    assert plan.item_a.dtype == np.int64 and plan.item_b.dtype == np.int64 and plan.item_r.dtype == np.float32
+
+
+def test_odd_s_int_sample_becomes_a_single():
+    s_int = [1, 3, 6, 9, 10]
+    tracker = tracker_with_s_int(12, s_int)
+    sampler = InterTrainBatchSampler(tracker, batch_size=3)
+    sampler.set_epoch(2)
+    plan = sampler.plan
+    assert sampler.num_pairs == 2 and sampler.num_items == 10
+    constituents = set(plan.item_a[plan.item_b >= 0].tolist()) | set(plan.item_b[plan.item_b >= 0].tolist())
+    odd = set(s_int) - constituents
+    assert len(odd) == 1
+    (odd_sample,) = odd
+    position = plan.item_a.tolist().index(odd_sample)
+    assert plan.item_b[position] == -1 and plan.item_r[position] == 1.0
+
+
+def test_plan_is_deterministic_for_same_seed_epoch_and_tracker():
+    tracker = tracker_with_s_int(30, list(range(0, 30, 3)))
+    first = InterTrainBatchSampler(tracker, batch_size=4, seed=7)
+    second = InterTrainBatchSampler(tracker, batch_size=4, seed=7)
+    first.set_epoch(2)
+    second.set_epoch(2)
+    assert list(first) == list(second)
+    other_seed = InterTrainBatchSampler(tracker, batch_size=4, seed=8)
+    other_seed.set_epoch(2)
+    assert list(other_seed) != list(first)
+
+
+def test_set_epoch_with_unchanged_tracker_does_not_redraw():
+    tracker = tracker_with_s_int(10, [0, 1, 2, 3])
+    sampler = InterTrainBatchSampler(tracker, batch_size=4)
+    sampler.set_epoch(2)
+    plan = sampler.plan
+    sampler.set_epoch(2)
+    assert sampler.plan is plan
+    tracker.record(np.arange(10), np.full(10, 2.5), np.arange(10) % 2 == 0)
+    tracker.end_epoch()
+    sampler.set_epoch(2)
+    assert sampler.plan is not plan  # The tracker changed: replanned.
+
+
+def test_order_differs_across_epochs():
+    tracker = tracker_with_s_int(40, list(range(0, 40, 4)))
+    sampler = InterTrainBatchSampler(tracker, batch_size=8)
+    sampler.set_epoch(2)
+    epoch2 = list(sampler)
+    sampler.set_epoch(3)
+    epoch3 = list(sampler)
+    assert epoch2 != epoch3
+    assert sorted(samples_seen(epoch2)) == sorted(samples_seen(epoch3)) == list(range(40))
+
+
+@pytest.mark.parametrize(("drop_last", "expected"), [(False, [4, 4, 4, 1]), (True, [4, 4, 4])])
+def test_batch_sizes(drop_last, expected):
+    tracker = AmenabilityTracker(13)
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, drop_last=drop_last)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == expected
+    assert len(sampler) == len(expected)
+    assert all(isinstance(a, int) and isinstance(b, int) and isinstance(r, float) for a, b, r in batches[0])
+
+
+def test_adaptive_ratio_is_taken_from_tracker_losses():
+    tracker = tracker_with_s_int(12, [2, 5, 7, 10])
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, adaptive_ratio=True)
+    sampler.set_epoch(2)
+    plan = sampler.plan
+    pairs = np.flatnonzero(plan.item_b >= 0)
+    assert pairs.size == 2
+    la = tracker.last_loss[plan.item_a[pairs]]
+    lb = tracker.last_loss[plan.item_b[pairs]]
+    np.testing.assert_allclose(plan.item_r[pairs], la / (la + lb), rtol=1e-6)
+    assert not np.allclose(plan.item_r[pairs], 0.5)
+
+
+def test_target_ratio_is_used_without_adaptive_ratio():
+    tracker = tracker_with_s_int(12, [2, 5, 7, 10])
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, target_ratio=0.3)
+    pairs = [item for batch in sampler for item in batch if item[1] >= 0]
+    assert len(pairs) == 2
+    assert all(r == pytest.approx(0.3) for _, _, r in pairs)
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+def test_no_pairs_order_equals_seedable_random_sampler(seed):
+    num_samples = 37
+    tracker = AmenabilityTracker(num_samples)
+    sampler = InterTrainBatchSampler(tracker, batch_size=5, seed=seed)
+    reference = SeedableRandomSampler(range(num_samples), data_seed=seed)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        ours = [a for batch in sampler for a, b, r in batch]
+        assert all(b == -1 and r == 1.0 for batch in sampler for _, b, r in batch)
+        assert ours == list(reference)
+
+
+def test_interpolate_false_ignores_the_tracker():
+    tracker = tracker_with_s_int(20, [0, 1, 2, 3, 4, 5])
+    sampler = InterTrainBatchSampler(tracker, batch_size=6, seed=1, interpolate=False)
+    sampler.set_epoch(2)
+    assert sampler.num_pairs == 0 and sampler.num_items == 20
+    reference = SeedableRandomSampler(range(20), data_seed=1)
+    reference.set_epoch(2)
+    assert [a for batch in sampler for a, _, _ in batch] == list(reference)
+
+
+def test_naive_tracker_pairs_everything():
+    tracker = AmenabilityTracker(11, selective=False)
+    sampler = InterTrainBatchSampler(tracker, batch_size=2)
+    assert sampler.num_pairs == 5 and sampler.num_items == 6 and len(sampler) == 3
+    assert sorted(samples_seen(list(sampler))) == list(range(11))
+
+
+def test_state_dict_roundtrip_and_mismatch_refused():
+    tracker = tracker_with_s_int(10, [0, 1, 2, 3])
+    sampler = InterTrainBatchSampler(tracker, batch_size=3, seed=5, adaptive_ratio=True)
+    sampler.set_epoch(4)
+    state = sampler.state_dict()
+    resumed = InterTrainBatchSampler(tracker, batch_size=3, seed=5, adaptive_ratio=True)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 4
+    assert list(resumed) == list(sampler)
+    with pytest.raises(ValueError, match="batch_size"):
+        InterTrainBatchSampler(tracker, batch_size=4, seed=5, adaptive_ratio=True).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed"):
+        InterTrainBatchSampler(tracker, batch_size=3, seed=6, adaptive_ratio=True).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2, "seed": -1}, "seed"),
+        ({"batch_size": 2, "target_ratio": 1.0}, "target_ratio"),
+        ({"batch_size": 2, "target_ratio": 0.0}, "target_ratio"),
+        ({"batch_size": 2, "interpolate": "yes"}, "interpolate"),
+    ],
+)
+def test_invalid_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        InterTrainBatchSampler(AmenabilityTracker(4), **kwargs)
+
+
+def test_invalid_tracker_and_epoch_raise():
+    with pytest.raises(ValueError, match="AmenabilityTracker"):
+        InterTrainBatchSampler(object(), batch_size=2)
+    sampler = InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2)
+    with pytest.raises(ValueError, match="epoch"):
+        sampler.set_epoch(-1)

@@ -1,0 +1,347 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math
+
+import numpy as np
+import pytest
+
+from hf_intertrain.tracker import NAIVE, NOT_INTERPOLATED, REGION_1, REGION_3, AmenabilityTracker, EpochSummary
+
+# Epoch 0 table used by most tests: samples 0-3 correct with loss 1.0, samples 4-7 incorrect
+# with loss 3.0, so after it L_corr = 1.0, L_incorr = 3.0, L_mid = 2.0.
+N = 8
+CORRECT0 = np.array([True] * 4 + [False] * 4)
+LOSS0 = np.array([1.0] * 4 + [3.0] * 4)
+
+
+def run_epoch(tracker: AmenabilityTracker, losses, correct) -> EpochSummary:
+    losses = np.asarray(losses, dtype=np.float32)
+    tracker.record(np.arange(len(losses)), losses, np.asarray(correct, dtype=bool))
+    return tracker.end_epoch()
+
+
+def tracker_after_epoch0(**kwargs) -> AmenabilityTracker:
+    """A tracker in epoch 1 whose averages are L_corr=1, L_incorr=3, L_mid=2."""
+    tracker = AmenabilityTracker(N, **kwargs)
+    run_epoch(tracker, LOSS0, CORRECT0)
+    return tracker
+
+
+def test_averages_after_epoch0_are_the_class_means():
+    tracker = tracker_after_epoch0()
+    assert tracker.averages() == (1.0, 3.0, 2.0)
+
+
+def test_epoch0_and_epoch1_have_no_interpolation():
+    tracker = AmenabilityTracker(N)
+    assert not tracker.interpolated.any()
+    summary0 = run_epoch(tracker, LOSS0, CORRECT0)
+    assert summary0.next_interpolated == 0
+    assert not tracker.interpolated.any() and tracker.epoch == 1
+    # Epoch 1: sample 0 in Region 1 (0.5 < 2) is judged with epoch 0's averages.
+    run_epoch(tracker, [0.5] + [2.5] * 7, CORRECT0)
+    assert tracker.epoch == 2
+    assert tracker.interpolated[0]
+
+
+def test_undefined_averages_judge_nobody():
+    # Only correct observations in epoch 0: L_incorr is undefined, so epoch 1 judges nobody.
+    tracker = AmenabilityTracker(N)
+    run_epoch(tracker, [0.1] * N, [True] * N)
+    l_corr, l_incorr, l_mid = tracker.averages()
+    assert l_corr == pytest.approx(0.1) and math.isnan(l_incorr) and math.isnan(l_mid)
+    summary = run_epoch(tracker, [0.01] * N, [True] * N)
+    assert summary.next_interpolated == 0
+    assert (summary.region_1, summary.region_2, summary.region_3) == (0, 0, 0)
+    assert math.isnan(summary.l_mid)
+    assert not tracker.interpolated.any()
+    # Once an incorrect observation is pooled, judging starts.
+    run_epoch(tracker, [0.01] * 7 + [5.0], [True] * 7 + [False])
+    summary = run_epoch(tracker, [0.01] * N, [True] * N)
+    assert summary.next_interpolated > 0
+
+
+def test_region1_noint_sample_is_interpolated_next_epoch():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [1.9] + [2.5] * 7, CORRECT0)
+    assert tracker.interpolated.tolist() == [True] + [False] * 7
+    assert tracker.reason[0] == REGION_1
+    assert tracker.s_int_indices().tolist() == [0]
+    assert tracker.s_noint_indices().tolist() == list(range(1, N))
+
+
+def test_region2_noint_sample_stays_noint():
+    tracker = tracker_after_epoch0()
+    # L_mid = 2 and L_incorr = 3 are both inside Region 2.
+    summary = run_epoch(tracker, [2.0, 2.5, 3.0, 2.5, 2.5, 2.5, 2.5, 2.5], CORRECT0)
+    assert summary.region_2 == N
+    assert not tracker.interpolated.any()
+
+
+def test_region3_noint_sample_is_interpolated_only_when_loss_increased():
+    tracker = tracker_after_epoch0()
+    # Previous non-interpolated losses: 1.0 (samples 0-3) and 3.0 (samples 4-7).
+    run_epoch(tracker, [3.5, 2.5, 2.5, 2.5, 3.5, 2.5, 2.5, 2.5], CORRECT0)
+    # Sample 0: 1.0 -> 3.5 increased; sample 4: 3.0 -> 3.5 increased.
+    assert tracker.s_int_indices().tolist() == [0, 4]
+    assert tracker.reason[0] == REGION_3 and tracker.reason[4] == REGION_3
+
+
+def test_region3_noint_sample_with_decreased_loss_stays_noint():
+    tracker = AmenabilityTracker(N)
+    run_epoch(tracker, [1.0] * 4 + [3.0] * 3 + [9.0], CORRECT0)
+    # Averages: L_corr = 1, L_incorr = (9 + 9) / 4 = 4.5, L_mid = 2.75.
+    assert tracker.averages() == (1.0, 4.5, 2.75)
+    run_epoch(tracker, [3.0] * 7 + [8.0], CORRECT0)  # Sample 7: Region 3 but 9 -> 8 decreased.
+    assert not tracker.interpolated.any()
+
+
+def test_region3_sample_without_previous_noint_loss_stays_noint():
+    tracker = AmenabilityTracker(N)
+    # Sample 7 is not recorded in epoch 0, so it has no previous non-interpolated loss.
+    tracker.record(np.arange(7), LOSS0[:7], CORRECT0[:7])
+    tracker.end_epoch()
+    assert math.isnan(tracker.prev_noint_loss[7])
+    run_epoch(tracker, [2.5] * 7 + [9.0], CORRECT0)
+    assert not tracker.interpolated[7]
+    assert not np.isnan(tracker.prev_noint_loss[7])
+
+
+def test_equal_loss_in_region3_is_not_an_increase():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [2.5] * 4 + [3.0] * 3 + [3.0], CORRECT0)
+    assert not tracker.interpolated.any()
+    tracker = AmenabilityTracker(N)
+    run_epoch(tracker, [1.0] * 4 + [3.0] * 3 + [5.0], CORRECT0)  # L_incorr = 3.5
+    run_epoch(tracker, [2.5] * 7 + [5.0], CORRECT0)  # Region 3, loss equal to previous.
+    assert not tracker.interpolated.any()
+
+
+def test_region1_interpolated_sample_stays_while_below_lmid_and_returns_otherwise():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5, 0.5] + [2.5] * 6, CORRECT0)  # Epoch 1: samples 0, 1 admitted.
+    assert tracker.s_int_indices().tolist() == [0, 1]
+    # Epoch 2 judged with averages of epochs 0 and 1 (samples 0, 1 were S_noInt in epoch 1).
+    l_corr, l_incorr, l_mid = tracker.averages()
+    run_epoch(tracker, [l_mid - 0.1, l_mid + 0.1] + [2.5] * 6, CORRECT0)
+    assert tracker.s_int_indices().tolist() == [0]
+    assert tracker.reason[0] == REGION_1
+    # Still below L_mid: stays another epoch.
+    run_epoch(tracker, [0.0] + [2.5] * 7, CORRECT0)
+    assert tracker.s_int_indices().tolist() == [0]
+
+
+def test_region3_sample_returns_to_noint_after_one_epoch():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [3.5] + [2.5] * 7, CORRECT0)
+    assert tracker.reason[0] == REGION_3
+    # Whatever its interpolated loss, it returns; even a Region 1 loss does not keep it.
+    run_epoch(tracker, [0.1] + [2.5] * 7, CORRECT0)
+    assert not tracker.interpolated.any()
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [3.5] + [2.5] * 7, CORRECT0)
+    run_epoch(tracker, [10.0] + [2.5] * 7, CORRECT0)
+    assert not tracker.interpolated.any()
+
+
+def test_interpolated_losses_are_not_pooled_into_averages():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5] + [2.0] * 3 + [3.0] * 4, CORRECT0)  # Sample 0 admitted.
+    before = tracker.averages()
+    # Epoch 2: every S_noInt sample repeats the same class means, sample 0 (S_int) logs 100.
+    run_epoch(tracker, [100.0] + [1.0] * 3 + [3.0] * 4, [False] + [True] * 3 + [False] * 4)
+    l_corr, l_incorr, _ = tracker.averages()
+    # Epochs 0-2 pooled: correct = 4*1 + (0.5 + 3*2) + 3*1 over 11, incorrect = 3.0.
+    assert l_corr == pytest.approx((4.0 + 6.5 + 3.0) / 11)
+    assert l_incorr == pytest.approx(3.0)
+    assert before[1] == pytest.approx(3.0)
+    assert tracker.last_loss[0] == 100.0
+    assert tracker.prev_noint_loss[0] == 0.5
+
+
+def test_averages_pool_all_completed_epochs():
+    tracker = AmenabilityTracker(4)
+    run_epoch(tracker, [1.0, 2.0, 10.0, 20.0], [True, True, False, False])
+    run_epoch(tracker, [3.0, 4.0, 30.0, 40.0], [True, True, False, False])
+    assert tracker.averages() == pytest.approx((2.5, 25.0, 13.75))
+
+
+def test_decision_uses_averages_of_earlier_epochs_only():
+    tracker = tracker_after_epoch0()  # L_mid = 2 from epoch 0.
+    # Epoch 1's own records would lower L_mid to 1.875, but its decision uses L_mid = 2.
+    summary = run_epoch(tracker, [1.5] * 4 + [2.0] * 4, CORRECT0)
+    assert summary.l_mid == 2.0
+    assert summary.region_1 == 4 and summary.region_2 == 4
+    assert tracker.s_int_indices().tolist() == [0, 1, 2, 3]
+    assert tracker.averages() == pytest.approx((1.25, 2.5, 1.875))
+
+
+def test_regions_1_only_never_admits_region3():
+    tracker = tracker_after_epoch0(regions=(1,))
+    run_epoch(tracker, [0.5] + [2.5] * 3 + [3.5] * 4, CORRECT0)
+    assert tracker.s_int_indices().tolist() == [0]
+    full = tracker_after_epoch0()
+    run_epoch(full, [0.5] + [2.5] * 3 + [3.5] * 4, CORRECT0)
+    assert full.s_int_indices().tolist() == [0, 4, 5, 6, 7]
+
+
+def test_naive_mode_interpolates_everyone_every_epoch():
+    tracker = AmenabilityTracker(N, selective=False)
+    assert tracker.interpolated.all()
+    for _ in range(3):
+        summary = run_epoch(tracker, LOSS0, CORRECT0)
+        assert summary.num_interpolated == N and summary.next_interpolated == N
+    assert (tracker.reason == NAIVE).all()
+    assert all(math.isnan(x) for x in tracker.averages())
+
+
+def test_unrecorded_sample_returns_to_noint():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5, 0.5] + [2.5] * 6, CORRECT0)
+    tracker.record(np.arange(1, N), np.full(N - 1, 0.5), CORRECT0[1:])
+    summary = tracker.end_epoch()
+    assert summary.num_recorded == N - 1
+    assert not tracker.interpolated[0] and tracker.interpolated[1]
+    assert tracker.last_loss[0] == 0.5
+
+
+def test_adaptive_ratio_values_and_fallback():
+    tracker = AmenabilityTracker(5)
+    assert tracker.adaptive_ratio(np.array([0]), np.array([1])).tolist() == [0.5]  # Unknown.
+    tracker.record(np.arange(4), np.array([1.0, 3.0, 0.0, 0.0]), np.ones(4, dtype=bool))
+    tracker.end_epoch()
+    r = tracker.adaptive_ratio(np.array([0, 1, 2, 0]), np.array([1, 0, 3, 4]))
+    assert r.dtype == np.float32
+    # 1/(1+3), 3/(3+1), both zero -> 0.5, sample 4 unknown -> 0.5.
+    assert r.tolist() == [0.25, 0.75, 0.5, 0.5]
+
+
+def test_adaptive_ratio_rejects_mismatched_shapes():
+    tracker = AmenabilityTracker(5)
+    with pytest.raises(ValueError, match="same shape"):
+        tracker.adaptive_ratio(np.array([0, 1]), np.array([1]))
+
+
+def test_duplicate_records_are_averaged_with_ties_counted_correct():
+    tracker = AmenabilityTracker(3)
+    # Sample 0: losses 1 and 3, one correct, one not -> mean 2, tie -> correct.
+    # Sample 1: 4 incorrect twice; sample 2: once incorrect with loss 6.
+    tracker.record(np.array([0, 1, 0]), np.array([1.0, 4.0, 3.0]), np.array([True, False, False]))
+    tracker.record(np.array([1, 2]), np.array([4.0, 6.0]), np.array([False, False]))
+    summary = tracker.end_epoch()
+    assert summary.num_recorded == 3
+    assert tracker.last_loss.tolist() == [2.0, 4.0, 6.0]
+    assert tracker.averages() == (2.0, 5.0, 3.5)
+
+
+def test_non_finite_loss_raises_naming_the_sample():
+    tracker = AmenabilityTracker(N)
+    with pytest.raises(ValueError, match="sample 5 is nan"):
+        tracker.record(np.array([2, 5]), np.array([1.0, np.nan]), np.array([True, True]))
+    with pytest.raises(ValueError, match="sample 3 is inf"):
+        tracker.record(np.array([3]), np.array([np.inf]), np.array([True]))
+    assert tracker.epoch_buffers()[2].sum() == 0  # Nothing half-recorded.
+
+
+def test_record_validates_shapes_and_indices():
+    tracker = AmenabilityTracker(N)
+    with pytest.raises(ValueError, match="equal"):
+        tracker.record(np.array([0, 1]), np.array([1.0]), np.array([True, True]))
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        tracker.record(np.array([8]), np.array([1.0]), np.array([True]))
+    with pytest.raises(ValueError, match="integer"):
+        tracker.record(np.array([0.0]), np.array([1.0]), np.array([True]))
+    with pytest.raises(ValueError, match="0/1"):
+        tracker.record(np.array([0]), np.array([1.0]), np.array([2]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_samples": 0}, "num_samples"),
+        ({"num_samples": 4, "regions": (2,)}, "regions"),
+        ({"num_samples": 4, "regions": ()}, "regions"),
+        ({"num_samples": 4, "regions": (1, 1)}, "regions"),
+        ({"num_samples": 4, "selective": "yes"}, "selective"),
+    ],
+)
+def test_invalid_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AmenabilityTracker(**kwargs)
+
+
+def test_state_dict_roundtrip_gives_identical_decisions(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5, 3.5, 2.5, 2.5, 3.5, 2.5, 2.5, 2.5], CORRECT0)
+    tracker.record(np.array([0, 1]), np.array([0.3, 0.7]), np.array([True, False]))  # Mid-epoch.
+    save_file(tracker.state_dict(), tmp_path / "tracker.safetensors")
+    resumed = AmenabilityTracker(N)
+    resumed.load_state_dict(load_file(tmp_path / "tracker.safetensors"))
+    assert resumed.epoch == tracker.epoch
+    losses = np.array([1.5, 2.5, 0.1, 2.5, 4.0, 2.5, 3.9, 2.5], dtype=np.float32)
+    rest = np.arange(2, N)
+    for t in (tracker, resumed):
+        t.record(rest, losses[rest], CORRECT0[rest])
+    assert resumed.end_epoch() == tracker.end_epoch()
+    np.testing.assert_array_equal(resumed.reason, tracker.reason)
+    np.testing.assert_array_equal(resumed.last_loss, tracker.last_loss)
+    assert resumed.averages() == tracker.averages()
+
+
+def test_mismatched_load_is_refused():
+    state = tracker_after_epoch0().state_dict()
+    with pytest.raises(ValueError, match="num_samples=8"):
+        AmenabilityTracker(9).load_state_dict(state)
+    with pytest.raises(ValueError, match="regions"):
+        AmenabilityTracker(N, regions=(1,)).load_state_dict(state)
+    with pytest.raises(ValueError, match="selective"):
+        AmenabilityTracker(N, selective=False).load_state_dict(state)
+    del state["reason"]
+    with pytest.raises(ValueError, match="missing"):
+        AmenabilityTracker(N).load_state_dict(state)
+
+
+def test_summary_counts():
+    tracker = tracker_after_epoch0()
+    summary = run_epoch(tracker, [0.5, 0.5, 2.5, 2.5, 3.5, 2.5, 2.0, 3.0], CORRECT0)
+    assert summary.to_dict() == {
+        "epoch": 1,
+        "num_recorded": 8,
+        "num_interpolated": 0,
+        "region_1": 2,
+        "region_2": 5,
+        "region_3": 1,
+        "l_corr": 1.0,
+        "l_incorr": 3.0,
+        "l_mid": 2.0,
+        "next_interpolated": 3,
+    }
+    summary = run_epoch(tracker, [0.5] * N, CORRECT0)
+    assert summary.epoch == 2 and summary.num_interpolated == 3
+
+
+def test_epoch_buffers_can_be_replaced_by_their_sum_over_ranks():
+    rank0, rank1 = AmenabilityTracker(4), AmenabilityTracker(4)
+    rank0.record(np.array([0, 1]), np.array([1.0, 5.0]), np.array([True, False]))
+    rank1.record(np.array([2, 3, 0]), np.array([1.0, 5.0, 3.0]), np.array([True, False, True]))
+    summed = [a + b for a, b in zip(rank0.epoch_buffers(), rank1.epoch_buffers())]
+    for t in (rank0, rank1):
+        t.set_epoch_buffers(*summed)
+    assert rank0.end_epoch().num_recorded == rank1.end_epoch().num_recorded == 4
+    assert rank0.averages() == rank1.averages() == (1.5, 5.0, 3.25)
+    with pytest.raises(ValueError, match="shape"):
+        rank0.set_epoch_buffers(np.zeros(3), np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError, match="correct_count > count"):
+        rank0.set_epoch_buffers(np.zeros(4), np.ones(4), np.zeros(4))
+
+
+def test_state_arrays_are_read_only():
+    tracker = AmenabilityTracker(N)
+    with pytest.raises(ValueError):
+        tracker.reason[0] = REGION_1
+    assert tracker.reason.dtype == np.int8 and (tracker.reason == NOT_INTERPOLATED).all()
+    assert tracker.last_loss.dtype == np.float32

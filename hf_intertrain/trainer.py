@@ -172,7 +172,7 @@ class InterTrainTrainer(Trainer):
             "batch_sampler": self.intertrain_sampler,
             "collate_fn": self.data_collator,
             "num_workers": args.dataloader_num_workers,
-            "pin_memory": args.dataloader_pin_memory,
+            "pin_memory": args.dataloader_pin_memory and torch.cuda.is_available(),
             "persistent_workers": args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
             "worker_init_fn": lambda worker_id: seed_worker(
                 worker_id, num_workers=args.dataloader_num_workers, rank=args.process_index
@@ -323,12 +323,12 @@ class InterTrainTrainer(Trainer):
         self._flush_records()
         self._reduce_epoch_records()
         num_samples = len(self.train_dataset)
-        pairs = self.intertrain_sampler.num_pairs
+        items, pairs = self.intertrain_sampler.num_items, self.intertrain_sampler.num_pairs
         summary = self.tracker.end_epoch()
         self._check_ranks_agree()
         stats = {
             "intertrain/interpolated_fraction": 2 * pairs / num_samples,
-            "intertrain/items": float(self.intertrain_sampler.num_items),
+            "intertrain/items": float(items),
             "intertrain/pairs": float(pairs),
             "intertrain/region_1": float(summary.region_1),
             "intertrain/region_2": float(summary.region_2),

@@ -1,0 +1,151 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from conftest import make_dataset, make_model
+from hf_intertrain import InterTrainArguments, InterTrainTrainer
+from hf_intertrain.data import InterTrainCollator
+
+COMMON = dict(
+    per_device_train_batch_size=16,
+    learning_rate=0.05,
+    optim="sgd",
+    lr_scheduler_type="linear",
+    eval_strategy="no",
+    save_strategy="no",
+    report_to="none",
+    seed=0,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+)
+
+
+def _args(tmp_path, **overrides):
+    return InterTrainArguments(output_dir=str(tmp_path), **{**COMMON, "num_train_epochs": 6, **overrides})
+
+
+def _train_losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_interpolation_none_matches_plain_trainer_loss_curve(tmp_path, tiny_train_dataset):
+    settings = {**COMMON, "num_train_epochs": 3, "logging_strategy": "steps", "logging_steps": 1}
+    plain = Trainer(
+        model=make_model(seed=1),
+        args=TrainingArguments(output_dir=str(tmp_path / "plain"), **settings),
+        train_dataset=tiny_train_dataset,
+        data_collator=InterTrainCollator(),
+    )
+    plain.train()
+    ours = InterTrainTrainer(
+        model=make_model(seed=1),
+        args=InterTrainArguments(output_dir=str(tmp_path / "ours"), interpolation="none", **settings),
+        train_dataset=tiny_train_dataset,
+    )
+    ours.train()
+    plain_losses, our_losses = _train_losses(plain), _train_losses(ours)
+    assert len(plain_losses) == len(our_losses) == 3 * math.ceil(96 / 16)
+    assert our_losses == pytest.approx(plain_losses, rel=1e-5)
+    for p, q in zip(plain.model.parameters(), ours.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "interpolation, split",
+    [("randpatch", True), ("randpatch", False), ("linavg", False)],
+)
+def test_epochs_shrink_and_lr_schedule_ends_at_the_last_step(tmp_path, tiny_train_dataset, interpolation, split):
+    model = make_model(output_stride=16)
+    initial = [p.detach().clone() for p in model.parameters()]
+    trainer = InterTrainTrainer(
+        model=model,
+        args=_args(tmp_path, interpolation=interpolation, split_propagation=split),
+        train_dataset=tiny_train_dataset,
+    )
+    trainer.train()
+    history = trainer.intertrain_history
+    assert [row["epoch"] for row in history] == list(range(6))
+    for row in history:
+        assert row["intertrain/items"] + row["intertrain/pairs"] == 96
+        assert row["intertrain/interpolated_fraction"] == pytest.approx(2 * row["intertrain/pairs"] / 96)
+    assert history[0]["intertrain/pairs"] == history[1]["intertrain/pairs"] == 0
+    assert sum(row["intertrain/pairs"] for row in history[2:]) > 0
+    # every planned batch trained once: steps follow the real epoch lengths, and every sample was recorded
+    expected_steps = sum(math.ceil(row["intertrain/items"] / 16) for row in history)
+    assert trainer.state.global_step == expected_steps < 6 * math.ceil(96 / 16)
+    assert trainer.state.epoch == pytest.approx(6.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    logged = [e for e in trainer.state.log_history if "intertrain/interpolated_fraction" in e]
+    assert len(logged) == 6
+    assert all(key in logged[0] for key in ("intertrain/region_1", "intertrain/region_2", "intertrain/region_3", "intertrain/epoch_seconds"))
+    assert any(not torch.equal(a, b) for a, b in zip(initial, trainer.model.parameters()))
+
+
+def test_every_sample_is_recorded_once_per_epoch(tmp_path, tiny_train_dataset):
+    trainer = InterTrainTrainer(
+        model=make_model(output_stride=16), args=_args(tmp_path, num_train_epochs=4), train_dataset=tiny_train_dataset
+    )
+    recorded = []
+    original_end_epoch = trainer.tracker.end_epoch
+
+    def counting_end_epoch():
+        _, _, count = trainer.tracker.epoch_buffers()
+        recorded.append(count.copy())
+        return original_end_epoch()
+
+    trainer.tracker.end_epoch = counting_end_epoch
+    trainer.train()
+    assert len(recorded) == 4
+    for count in recorded:
+        assert (count == 1).all()
+
+
+def test_token_pooled_vit_is_refused_when_the_trainer_is_built(tmp_path, tiny_train_dataset):
+    with pytest.raises(ValueError, match="global_pool"):
+        InterTrainTrainer(
+            model=make_model("test_vit", img_size=32, patch_size=8), args=_args(tmp_path), train_dataset=tiny_train_dataset
+        )
+
+
+def test_one_cell_feature_grid_is_refused_when_the_trainer_is_built(tmp_path, tiny_train_dataset):
+    with pytest.raises(ValueError, match="output.stride"):
+        InterTrainTrainer(model=make_model(), args=_args(tmp_path), train_dataset=tiny_train_dataset)
+
+
+def test_linavg_needs_no_feature_grid(tmp_path, tiny_train_dataset):
+    trainer = InterTrainTrainer(
+        model=make_model(), args=_args(tmp_path, interpolation="linavg", num_train_epochs=1), train_dataset=tiny_train_dataset
+    )
+    assert trainer.feature_grid is None
+
+
+def test_fractional_epochs_are_refused(tmp_path, tiny_train_dataset):
+    with pytest.raises(ValueError, match="whole number"):
+        InterTrainTrainer(model=make_model(), args=_args(tmp_path, num_train_epochs=2.5, interpolation="linavg"), train_dataset=tiny_train_dataset)
+
+
+def test_plain_training_arguments_are_refused(tmp_path, tiny_train_dataset):
+    with pytest.raises(ValueError, match="InterTrainArguments"):
+        InterTrainTrainer(model=make_model(), args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=tiny_train_dataset)
+
+
+def test_evaluation_reports_top1_through_the_packaged_metric(tmp_path, tiny_train_dataset):
+    from hf_intertrain.metrics import build_compute_metrics
+
+    trainer = InterTrainTrainer(
+        model=make_model(output_stride=16),
+        args=_args(tmp_path, num_train_epochs=2, eval_strategy="epoch"),
+        train_dataset=tiny_train_dataset,
+        eval_dataset=make_dataset(40, seed=3),
+        compute_metrics=build_compute_metrics(),
+    )
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_top1" in e]
+    assert [e["epoch"] for e in evals] == [1.0, 2.0]
+    assert all(0.0 <= e["eval_top1"] <= 1.0 for e in evals)

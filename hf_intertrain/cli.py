@@ -1,11 +1,13 @@
 """`hf-intertrain`: command-line parsing only (the work is in `run.py` and `compare.py`).
 
-    hf-intertrain train   [--config recipe.yaml] [--any_field value ...]
-    hf-intertrain compare [--config recipe.yaml] [--variants baseline,intertrain] [--any_field value ...]
+    hf-intertrain train         [--config recipe.yaml] [--any_field value ...]
+    hf-intertrain compare       [--config recipe.yaml] [--variants baseline,intertrain] [--any_field value ...]
+    hf-intertrain bench-sampler [--num_samples 1281167] [--epochs 3] [--seed 0]
 
 Arguments go through `HfArgumentParser` (every `TrainingArguments` field is a flag); `--config` loads a YAML
 recipe whose keys are the same field names, and flags on the command line override it. Without `--config`
-the packaged default recipe runs: the embedded CIFAR-10 sample on CPU in a few minutes.
+the packaged default recipe runs: the embedded CIFAR-10 sample on CPU in a few minutes. `bench-sampler` times
+InterTrain's per-epoch bookkeeping at dataset scale (`bench.py`) and prints one JSON line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
 COMMANDS = {
     "train": "train one model (InterTrain, or the baseline with --interpolation none)",
     "compare": "train the baseline and InterTrain with the same seed and settings; write comparison.json/.png",
+    "bench-sampler": "time the tracker's end-of-epoch decision and the next epoch's plan on simulated losses",
 }
 
 
@@ -35,8 +38,10 @@ class CompareArguments:
     variants: str = field(
         default="baseline,intertrain",
         metadata={
-            "help": "Comma-separated runs: baseline (interpolation none), intertrain (the configured InterTrain), "
-            "randpatch, linavg, naive (random pairs of all samples, no split/adaptive), no_split, region1."
+            "help": "Comma-separated runs, all with the same seed and hyper-parameters: baseline (interpolation "
+            "none, always run first), intertrain (the configuration as given), randpatch, linavg, naive (random pairs "
+            "of all samples every epoch, no selective/split/adaptive), no_split (RandPatch without split "
+            "propagation), region1 (Region 1 only), skip (skip instead of interpolating). See compare.py."
         },
     )
 
@@ -56,7 +61,13 @@ def load_recipe(path: str | os.PathLike) -> dict:
 
 
 def parse_args(command: str, argv: list[str]) -> tuple:
-    """(ModelArguments, DataArguments, InterTrainArguments[, CompareArguments]) from a recipe and the flags."""
+    """(ModelArguments, DataArguments, InterTrainArguments[, CompareArguments]) from a recipe and the flags;
+    `(BenchSamplerArguments,)` for bench-sampler, which takes flags only."""
+    if command == "bench-sampler":
+        from .bench import BenchSamplerArguments
+
+        parser = HfArgumentParser(BenchSamplerArguments, prog=f"hf-intertrain {command}", description=COMMANDS[command])
+        return tuple(parser.parse_args_into_dataclasses(args=argv))
     types = [ModelArguments, DataArguments, InterTrainArguments] + ([CompareArguments] if command == "compare" else [])
     parser = HfArgumentParser(types, prog=f"hf-intertrain {command}", description=COMMANDS[command])
     parser.add_argument(
@@ -73,13 +84,27 @@ def parse_args(command: str, argv: list[str]) -> tuple:
     if unknown:
         raise ValueError(f"--config has unknown field(s) {', '.join(unknown)}: check the names against `hf-intertrain {command} --help`")
     parser.set_defaults(**recipe)
-    outputs = parser.parse_args_into_dataclasses(args=argv)
-    return tuple(o for o in outputs if not isinstance(o, argparse.Namespace))
+    accept_json_strings(parser)
+    outputs = tuple(o for o in parser.parse_args_into_dataclasses(args=argv) if not isinstance(o, argparse.Namespace))
+    outputs[0].create_kwargs()  # A malformed --model_kwargs fails here, before any data is loaded.
+    return outputs
+
+
+def accept_json_strings(parser: argparse.ArgumentParser) -> None:
+    """Let dict-typed flags (`--model_kwargs`, `--lr_scheduler_kwargs`, ...) take a JSON string.
+
+    `HfArgumentParser` gives a `str | dict | None` field argparse type `dict`, and `dict('{"a": 1}')` fails, so
+    such flags could only be set from YAML. As `str` they reach the dataclass as text, which `create_kwargs` (and
+    `TrainingArguments.__post_init__` for its own dict fields) parses as JSON with a one-line error.
+    """
+    for action in parser._actions:
+        if action.type is dict:
+            action.type = str
 
 
 def usage() -> str:
-    lines = ["usage: hf-intertrain {train,compare} [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
-    lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+    lines = ["usage: hf-intertrain {train,compare,bench-sampler} [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
+    lines += [f"  {name:<13} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`hf-intertrain COMMAND --help` lists every field (model, data, InterTrain and TrainingArguments)."]
     return "\n".join(lines)
 
@@ -92,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(usage(), file=sys.stderr)
-        print(f"\nhf-intertrain: error: unknown command {command!r}: use train or compare", file=sys.stderr)
+        print(f"\nhf-intertrain: error: unknown command {command!r}: use {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
         parsed = parse_args(command, rest)
@@ -100,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from .run import run_training
 
             run_training(*parsed)
+        elif command == "bench-sampler":
+            from .bench import run_bench_sampler
+
+            run_bench_sampler(*parsed)
         else:
             from .compare import parse_variants, run_comparison
 

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .data import EMBEDDED_DATASET
+from .sampler import AMENABLE_ACTIONS
 
 INTERPOLATIONS = ("randpatch", "linavg", "none")
 
@@ -31,6 +32,7 @@ class InterTrainArguments(TrainingArguments):
         save_strategy: "epoch".
         report_to: "none".
         output_dir: "intertrain_output".
+        ddp_find_unused_parameters: False (every parameter gets a gradient; saves DDP an extra graph traversal).
     """
 
     # Parameters that control interpolation
@@ -71,6 +73,15 @@ class InterTrainArguments(TrainingArguments):
             "(Region 1 only, an ablation of Table 4)."
         },
     )
+    amenable_action: str = field(
+        default="interpolate",
+        metadata={
+            "help": "What happens to the samples selective interpolation picks: 'interpolate' (InterTrain) or 'skip' "
+            "(left out of that epoch and trained without interpolation the next one: the paper's 'skipping instead "
+            "of interpolating' ablation, Sec. 7.8).",
+            "choices": list(AMENABLE_ACTIONS),
+        },
+    )
     patch_ratio: float = field(
         default=0.5,
         metadata={
@@ -90,6 +101,10 @@ class InterTrainArguments(TrainingArguments):
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP: look for parameters without gradients each step (InterTrain uses every parameter)."},
+    )
     report_to: str | None = field(
         default="none",
         metadata={"help": "Integrations to report to ('tensorboard', 'wandb', 'all', 'none')."},
@@ -99,6 +114,10 @@ class InterTrainArguments(TrainingArguments):
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation={self.interpolation!r} is not supported: use one of {', '.join(INTERPOLATIONS)}"
+            )
+        if self.amenable_action not in AMENABLE_ACTIONS:
+            raise ValueError(
+                f"amenable_action={self.amenable_action!r} is not supported: use 'interpolate' (InterTrain) or 'skip'"
             )
         if not 0.0 < self.patch_ratio < 1.0:
             raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")

@@ -136,6 +136,10 @@ def run_training(
         if resume is None:
             raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
     train_result = trainer.train(resume_from_checkpoint=resume)
+    # Before save_model: with --push_to_hub it uploads, and its card reuses this dataset and base model.
+    trainer.create_model_card(
+        dataset_name=data_args.dataset_name, finetuned_from=model_args.model_name if model_args.pretrained else None
+    )
     trainer.save_model()
     trainer.save_state()
 

@@ -4,6 +4,9 @@ Implements ALGORITHM.md "Batch plan of an epoch". An item is `(a, b, r)`: a pair
 samples a and b with a's share r; a single is `(a, -1, 1.0)`, the degenerate pair (a, a, 1).
 The plan is a function of (seed, epoch, tracker state) only, so every rank of a distributed
 run draws the same plan, and a resumed run redraws the plan it was in. Knows no model.
+
+The "skipping instead of interpolating" ablation (paper Sec. 7.8, Table 4) is the same plan
+with S_int left out instead of paired (`amenable_action="skip"`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import torch
 from torch.utils.data import Sampler
 
 from hf_intertrain.tracker import AmenabilityTracker
+
+AMENABLE_ACTIONS = ("interpolate", "skip")
+"""What the plan does with S_int: pair it (InterTrain) or leave it out of the epoch (the ablation)."""
 
 
 class EpochPlan(NamedTuple):
@@ -47,6 +53,14 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
     the time it is called. The sampler never advances its epoch by itself: call `set_epoch`
     (transformers' Trainer does so every epoch).
 
+    With `amenable_action="skip"` S_int is not trained at all in the epoch (paper Sec. 7.8,
+    "skipping instead of interpolating"): the plan is S_noInt as singles, drawn with one
+    `randperm(|S_noInt|)`, so `num_items + num_skipped == N` and `num_pairs == 0`. The tracker
+    sends a skipped (unrecorded) sample back to S_noInt for the next epoch, which is the paper's
+    "skipped for the next k epochs, after which they are trained without interpolation again"
+    with k = 1. When S_int holds every sample, nothing is skipped that epoch (everything is
+    trained as a single): an epoch without items would end a Trainer run.
+
     Args:
         tracker: Decides S_int for the tracker's current epoch.
         batch_size: Items per batch (a pair is one item).
@@ -56,6 +70,8 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             "Adaptive interpolation") instead of `target_ratio`.
         target_ratio: a's share in every pair when `adaptive_ratio` is False, in (0, 1).
         drop_last: Drop the last batch when it has fewer than `batch_size` items.
+        amenable_action: "interpolate" pairs S_int (InterTrain); "skip" leaves it out of the
+            epoch (ablation). Ignored when `interpolate` is False.
     """
 
     def __init__(
@@ -67,10 +83,13 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         adaptive_ratio: bool = False,
         target_ratio: float = 0.5,
         drop_last: bool = False,
+        amenable_action: str = "interpolate",
     ):
         if not isinstance(tracker, AmenabilityTracker):
             raise ValueError(f"tracker must be an AmenabilityTracker, got {type(tracker).__name__}; build one with AmenabilityTracker(len(train_dataset)).")
         _check_settings(batch_size, seed, interpolate, adaptive_ratio, target_ratio, drop_last)
+        if amenable_action not in AMENABLE_ACTIONS:
+            raise ValueError(f"amenable_action must be one of {AMENABLE_ACTIONS}, got {amenable_action!r}; pass 'interpolate' (InterTrain) or 'skip' (the ablation).")
         self.tracker = tracker
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -78,10 +97,12 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         self.adaptive_ratio = bool(adaptive_ratio)
         self.target_ratio = float(target_ratio)
         self.drop_last = bool(drop_last)
+        self.amenable_action = str(amenable_action)
         self.epoch = 0
         self._plan: EpochPlan | None = None
         self._plan_key: tuple[int, int] | None = None
         self._num_pairs = 0
+        self._num_skipped = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch and make its plan (no redraw if epoch and tracker are unchanged)."""
@@ -106,6 +127,12 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         self._ensure_plan()
         return self._num_pairs
 
+    @property
+    def num_skipped(self) -> int:
+        """Samples left out of the current epoch (`amenable_action="skip"`; else 0)."""
+        self._ensure_plan()
+        return self._num_skipped
+
     def __len__(self) -> int:
         num_items = self.num_items
         if self.drop_last:
@@ -129,6 +156,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             "adaptive_ratio": self.adaptive_ratio,
             "target_ratio": self.target_ratio,
             "drop_last": self.drop_last,
+            "amenable_action": self.amenable_action,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -141,6 +169,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             ValueError: When a key is missing or a setting differs.
         """
         mine = self.state_dict()
+        state = {"amenable_action": "interpolate", **state}  # States saved before the skip ablation existed.
         missing = sorted(set(mine) - set(state))
         if missing:
             raise ValueError(f"sampler state is missing {missing}; load a state saved by InterTrainBatchSampler.state_dict().")
@@ -153,18 +182,26 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
     def _ensure_plan(self) -> EpochPlan:
         key = (self.epoch, self.tracker.revision)
         if self._plan is None or self._plan_key != key:
-            self._plan, self._num_pairs = self._make_plan()
+            self._plan, self._num_pairs, self._num_skipped = self._make_plan()
             self._plan_key = key
         return self._plan
 
-    def _make_plan(self) -> tuple[EpochPlan, int]:
+    def _make_plan(self) -> tuple[EpochPlan, int, int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        num_samples = self.tracker.num_samples
+        num_skipped = 0
         if self.interpolate:
             s_int = self.tracker.s_int_indices()
             noint = self.tracker.s_noint_indices()
+            if self.amenable_action == "skip":
+                if noint.size == 0:
+                    noint = np.arange(num_samples, dtype=np.int64)
+                else:
+                    num_skipped = int(s_int.size)
+                s_int = np.empty(0, dtype=np.int64)
         else:
             s_int = np.empty(0, dtype=np.int64)
-            noint = np.arange(self.tracker.num_samples, dtype=np.int64)
+            noint = np.arange(num_samples, dtype=np.int64)
         if s_int.size > 0:
             shuffled = s_int[torch.randperm(s_int.size, generator=generator).numpy()]
         else:
@@ -182,7 +219,10 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         order = torch.randperm(num_items, generator=generator).numpy()
         # Same result as gathering the concatenated items with `order`, with fewer random
         # gathers over tens of millions of entries: singles have b = -1 and r = 1.
-        item_a = order if shuffled.size == 0 else np.concatenate([pair_a, singles])[order]
+        if shuffled.size == 0:
+            item_a = order if singles.size == num_samples else singles[order]
+        else:
+            item_a = np.concatenate([pair_a, singles])[order]
         item_b = np.full(num_items, -1, dtype=np.int64)
         item_r = np.ones(num_items, dtype=np.float32)
         if num_pairs:
@@ -190,7 +230,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             from_pair = order[is_pair]
             item_b[is_pair] = pair_b[from_pair]
             item_r[is_pair] = pair_r[from_pair]
-        return EpochPlan(item_a, item_b, item_r), num_pairs
+        return EpochPlan(item_a, item_b, item_r), num_pairs, num_skipped
 
 
 def _check_settings(batch_size: Any, seed: Any, interpolate: Any, adaptive_ratio: Any, target_ratio: Any, drop_last: Any) -> None:

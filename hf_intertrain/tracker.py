@@ -73,7 +73,14 @@ class AmenabilityTracker:
       includes every judgement after epoch 0): nobody is judged and everybody is in
       S_noInt for the next epoch; the epoch's S_noInt records are still pooled.
     - A sample without a record in the epoch goes to S_noInt for the next epoch and keeps its
-      previous losses.
+      previous losses (`last_loss`, `prev_noint_loss`); it adds nothing to the averages. This is
+      also how the "skipping instead of interpolating" ablation (paper Sec. 7.8, Table 4; the
+      sampler's `amenable_action="skip"`) treats a skipped sample: "skipped for the next k
+      epochs, after which they are trained without interpolation again", with k = 1. So a
+      skipped Region 1 sample is trained and judged again after one epoch (unlike an
+      interpolated one, which keeps its place while its interpolated loss stays below L_mid:
+      a skipped sample yields no loss to judge), and a skipped Region 3 sample's next loss is
+      compared with its loss before the skip.
     - If L_corr > L_incorr, Regions 1 and 3 overlap; Region 1 wins, so the regions stay a
       partition of the recorded samples.
     - Naive mode (`selective=False`, the paper's "naive interpolation" ablation): every sample

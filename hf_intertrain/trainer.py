@@ -9,13 +9,20 @@ Maintenance note: besides the public hooks (`get_train_dataloader`, `compute_los
 from the first dataloader: `_run_epoch` (re-plans the epoch and passes its real length on, keeping the parent's
 signature), `_init_training_state` (maps a resumed global step to (epoch, step) through the recorded epoch
 lengths) and `_save_checkpoint` (adds InterTrain's state to every checkpoint). Each calls the parent unchanged.
+Mid-epoch resume relies on the parent's `_run_epoch` skipping `steps_trained_in_current_epoch` batches with
+accelerate's `skip_first_batches` (the skipped batches are not fetched) and restoring the RNG states after the
+first fetched batch; when the whole epoch was trained before the checkpoint, `_end_intertrain_epoch` restores
+them with the parent's `_load_rng_state` instead. Multi-process runs rely on accelerate's `BatchSamplerShard`
+with `even_batches=True`. `tests/test_resume.py` and `tests/test_distributed.py` check all of it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import random
 import time
 from typing import Any
 
@@ -30,15 +37,68 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .config import InterTrainArguments
 from .data import InterTrainCollator, as_item_dataset
+from .hub import image_size_of, make_loadable, resolve_repo_id
+from .model_card import card_facts, write_model_card
 from .operators import cell_rectangle_masks, linavg, randpatch
 from .sampler import InterTrainBatchSampler
 from .schedule import EpochProgress, follow_epoch_progress
 from .split import FeatureLayout, check_splittable, feature_grid, forward_split, unwrap_timm_model
 from .tracker import AmenabilityTracker
 
+logger = logging.getLogger(__name__)
+
 INTERTRAIN_STATE_NAME = "intertrain_state.safetensors"
 INTERTRAIN_META_NAME = "intertrain_state.json"
 _RECORD_FLUSH_EVERY = 256
+
+
+class _BatchSeededDataset(torch.utils.data.Dataset):
+    """Fetches each batch with Python's, numpy's and torch's CPU RNGs seeded by (seed, epoch, the batch's items).
+
+    Augmentation then depends on the epoch plan only, not on how many batches were fetched before or in which
+    process: a run resumed mid-epoch (whose skipped batches are never fetched) augments the remaining batches as
+    the uninterrupted run did, whatever `dataloader_num_workers`. The global RNG states are restored after each
+    fetch, so the training step's own randomness (dropout) is what transformers saves in its checkpoints.
+    `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the value of the
+    epoch they started in; the batch's items still differ from epoch to epoch).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[dict[str, Any]]:
+        entropy = [self.seed, self.epoch]
+        for key in keys:
+            entropy += [int(key[0]), int(key[1]) + 1] if isinstance(key, (tuple, list)) else [int(key)]
+        seeds = np.random.SeedSequence(entropy).generate_state(3)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(int(seeds[0]))
+            np.random.seed(int(seeds[1]))
+            torch.default_generator.manual_seed(int(seeds[2]))
+            try:
+                return self.dataset.__getitems__(keys)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
+def _refuse_differences(checkpoint_dir: str, saved: dict[str, Any], current: dict[str, Any], fix: str) -> None:
+    """Raise a ValueError naming the first setting whose saved value differs from this run's."""
+    for key, value in saved.items():
+        if current.get(key) != value:
+            raise ValueError(
+                f"checkpoint {checkpoint_dir} was made with {key}={value!r} but this run has "
+                f"{key}={current.get(key)!r}: {fix}"
+            )
 
 
 class _EpochBoundary(TrainerCallback):
@@ -60,13 +120,35 @@ class InterTrainTrainer(Trainer):
     or any map-style dataset, which is wrapped so that the sampler's pairs can be fetched).
 
     Per epoch the trainer logs, through the Trainer's own `log` (so `log_history`, TensorBoard and W&B get it):
-    `intertrain/interpolated_fraction`, `intertrain/items`, `intertrain/pairs` (items + pairs == N always),
-    `intertrain/region_1..3`, `intertrain/epoch_seconds` (training time of the epoch, evaluation excluded).
+    `intertrain/interpolated_fraction`, `intertrain/items`, `intertrain/pairs`, `intertrain/skipped` (items + pairs +
+    skipped == N always; skipped is 0 unless `amenable_action="skip"`), `intertrain/region_1..3`,
+    `intertrain/next_interpolated`, `intertrain/nonfinite_losses` and `intertrain/epoch_seconds` (training time of
+    the epoch on the main process, evaluation excluded). All but the seconds are global: the same on every process
+    of a distributed run.
+
+    Distributed runs (`accelerate launch`, see `recipes/accelerate/`): every process computes the same epoch plan
+    and `accelerator.prepare` shards its batches. Each process records its own constituents; at the epoch's end
+    one all-reduce sums the records of all processes into every tracker, and a gathered checksum of the decisions
+    raises if the trackers ever differ.
+
+    Checkpoints hold the tracker state (`intertrain_state.safetensors`, with the current epoch's records of all
+    processes) and the plan's inputs and epoch history (`intertrain_state.json`); `resume_from_checkpoint`
+    restores them and trains the rest of the same plan, also from a mid-epoch checkpoint.
 
     Choices where ALGORITHM.md is silent:
-        - Per-sample losses come from the training forward pass (cross-entropy per constituent, in float32).
+        - Per-sample losses come from the training forward pass (cross-entropy per constituent, in float32, also
+          under bf16/fp16 autocast). A non-finite loss (an fp16 overflow, whose step the GradScaler skips) is not
+          recorded: that sample counts as unrecorded in the epoch (see `AmenabilityTracker`), and the number of
+          such losses is logged as `intertrain/nonfinite_losses`.
+        - With several processes, accelerate's `even_batches` completes the last round of batches with items
+          from the start of the plan, which are trained twice (as in any accelerate run). Their two records are
+          averaged into one observation by the tracker: no sample is dropped, none is counted twice.
         - RandPatch rectangles are drawn on the training device's host with a generator seeded by (seed, process,
-          global step, micro-batch), so a resumed run draws the same rectangles.
+          global step, micro-batch), and each batch is fetched (augmented) with RNGs seeded by (seed, epoch, its
+          items), so a resumed run draws the same rectangles and augmentations as the uninterrupted one.
+        - Resuming refuses a checkpoint of another dataset size or other InterTrain settings; from a mid-epoch
+          checkpoint it also needs the same seed, batch size, accumulation steps, drop_last and process count
+          (the rest of the plan must be the same batches). At an epoch boundary those may change.
         - The loss of a batch is the mean over its items, divided by the accumulation steps like the plain Trainer.
         - `num_train_epochs` must be whole; with `max_steps > 0` the schedule follows steps, not epochs.
     """
@@ -140,6 +222,7 @@ class InterTrainTrainer(Trainer):
             adaptive_ratio=args.interpolation == "linavg" and args.adaptive_interpolation,
             target_ratio=args.patch_ratio,
             drop_last=args.dataloader_drop_last,
+            amenable_action=args.amenable_action,
         )
         self.intertrain_history: list[dict[str, float]] = []
         self._records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -148,6 +231,10 @@ class InterTrainTrainer(Trainer):
         self._epoch_started_at = time.perf_counter()
         self._micro_step = (-1, 0)
         self._mask_generator = torch.Generator()
+        self._nonfinite_losses = 0
+        self._resumed_epoch_seconds = 0.0
+        self._rng_state_to_restore: str | None = None
+        self._batch_seeded_dataset: _BatchSeededDataset | None = None
 
         super().__init__(
             model=model,
@@ -181,7 +268,8 @@ class InterTrainTrainer(Trainer):
         if args.dataloader_num_workers > 0:
             params["prefetch_factor"] = args.dataloader_prefetch_factor
             params["multiprocessing_context"] = args.dataloader_multiprocessing_context
-        return self.accelerator.prepare(DataLoader(self.train_dataset, **params))
+        self._batch_seeded_dataset = _BatchSeededDataset(self.train_dataset, self.intertrain_sampler.seed)
+        return self.accelerator.prepare(DataLoader(self._batch_seeded_dataset, **params))
 
     # ----------------------------------------------------------------------------------------------------------
     # Loss
@@ -249,8 +337,8 @@ class InterTrainTrainer(Trainer):
         step, micro = self._micro_step
         micro = micro + 1 if step == self.state.global_step else 0
         self._micro_step = (self.state.global_step, micro)
-        key = (self.args.seed, self.args.process_index, self.state.global_step, micro)
-        return self._mask_generator.manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
+        key = [self.args.seed, self.args.process_index, self.state.global_step, micro]
+        return self._mask_generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
 
     def _record(self, records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """Keep the step's per-constituent records on the device; move them to the tracker in chunks."""
@@ -262,10 +350,15 @@ class InterTrainTrainer(Trainer):
             self._flush_records()
 
     def _flush_records(self) -> None:
+        """Hand the kept records to the tracker, leaving out non-finite losses (counted, see the class docstring)."""
         if not self._records:
             return
         index, loss, correct = (torch.cat(parts).cpu().numpy() for parts in zip(*self._records))
         self._records.clear()
+        finite = np.isfinite(loss)
+        if not finite.all():
+            self._nonfinite_losses += int(finite.size - np.count_nonzero(finite))
+            index, loss, correct = index[finite], loss[finite], correct[finite]
         self.tracker.record(index, loss, correct)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -291,7 +384,10 @@ class InterTrainTrainer(Trainer):
 
     def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, *args, **kwargs):
         """Plan the epoch, then run the parent's epoch with this epoch's real length (it shrinks with pairs)."""
+        planning_started = time.perf_counter()
         self.intertrain_sampler.set_epoch(epoch)
+        if self._batch_seeded_dataset is not None:
+            self._batch_seeded_dataset.epoch = epoch
         steps_in_epoch = len(train_dataloader)
         num_update_steps_per_epoch = math.ceil(steps_in_epoch / self.args.gradient_accumulation_steps)
         del self._epoch_update_steps[epoch:]
@@ -303,7 +399,18 @@ class InterTrainTrainer(Trainer):
             remaining_epochs = int(self.args.num_train_epochs) - epoch
             self.state.max_steps = steps_before + remaining_epochs * num_update_steps_per_epoch
             self._update_progress_bar_total()
-        self._epoch_started_at = time.perf_counter()
+        self._epoch_started_at = planning_started - self._resumed_epoch_seconds
+        self._resumed_epoch_seconds = 0.0
+        resume = kwargs.get("resume_from_checkpoint")
+        if (
+            resume is not None
+            and epoch == kwargs.get("epochs_trained")
+            and not self.args.ignore_data_skip
+            and kwargs.get("steps_trained_in_current_epoch", 0) >= steps_in_epoch
+        ):
+            # Saved after the epoch's last step but before the epoch was closed: the parent skips the whole epoch
+            # without restoring the RNG states, so they are restored when the epoch closes.
+            self._rng_state_to_restore = resume
         return super()._run_epoch(
             model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, *args, **kwargs
         )
@@ -319,59 +426,83 @@ class InterTrainTrainer(Trainer):
         """Close the epoch: gather records, decide the next epoch's interpolation, log the epoch's statistics."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - self._epoch_started_at
         self._flush_records()
-        self._reduce_epoch_records()
+        nonfinite = self._reduce_epoch_records()
+        self._nonfinite_losses = 0
         num_samples = len(self.train_dataset)
-        items, pairs = self.intertrain_sampler.num_items, self.intertrain_sampler.num_pairs
+        sampler = self.intertrain_sampler  # read before end_epoch, which makes it plan the next membership
+        items, pairs, skipped = sampler.num_items, sampler.num_pairs, sampler.num_skipped
         summary = self.tracker.end_epoch()
         self._check_ranks_agree()
+        seconds = time.perf_counter() - self._epoch_started_at  # planning and the decision count, like the paper's
+        if nonfinite:
+            logger.warning(
+                f"epoch {summary.epoch}: {nonfinite} constituent losses were not finite (fp16 overflow or diverging "
+                "training) and were not recorded; their samples are trained without interpolation next epoch"
+            )
         stats = {
             "intertrain/interpolated_fraction": 2 * pairs / num_samples,
             "intertrain/items": float(items),
             "intertrain/pairs": float(pairs),
+            "intertrain/skipped": float(skipped),
             "intertrain/region_1": float(summary.region_1),
             "intertrain/region_2": float(summary.region_2),
             "intertrain/region_3": float(summary.region_3),
             "intertrain/next_interpolated": float(summary.next_interpolated),
+            "intertrain/nonfinite_losses": float(nonfinite),
             "intertrain/epoch_seconds": seconds,
         }
         self.intertrain_history.append({"epoch": summary.epoch, **stats})
         self.log(dict(stats))
+        if self._rng_state_to_restore is not None:
+            self._load_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
 
-    def _reduce_epoch_records(self) -> None:
-        """Sum every rank's records of this epoch so each rank's tracker sees all samples (one collective)."""
+    def _reduce_epoch_records(self) -> int:
+        """Sum every process's records of this epoch into each tracker (one all-reduce, every process must call it).
+
+        Returns:
+            The number of non-finite losses left out this epoch, over all processes.
+        """
         if self.accelerator.num_processes <= 1:
-            return
+            return self._nonfinite_losses
+        num_samples = self.tracker.num_samples
         loss_sum, correct_count, count = self.tracker.epoch_buffers()
-        stacked = torch.from_numpy(
-            np.stack([loss_sum.astype(np.float64), correct_count.astype(np.float64), count.astype(np.float64)])
-        ).to(self.accelerator.device)
-        stacked = self.accelerator.reduce(stacked, reduction="sum").cpu().numpy()
-        self.tracker.set_epoch_buffers(
-            stacked[0].astype(loss_sum.dtype), stacked[1].astype(correct_count.dtype), stacked[2].astype(count.dtype)
-        )
+        flat = np.concatenate([loss_sum, correct_count, count, [self._nonfinite_losses]], dtype=np.float64)
+        flat = self.accelerator.reduce(torch.from_numpy(flat).to(self.accelerator.device), reduction="sum")
+        bounds = [num_samples, 2 * num_samples, 3 * num_samples]
+        loss_sum, correct_count, count, nonfinite = np.split(flat.cpu().numpy(), bounds)
+        self.tracker.set_epoch_buffers(loss_sum, correct_count, count)
+        return int(nonfinite[0])
 
     def _check_ranks_agree(self) -> None:
-        """Raise if the ranks' trackers diverged (a cheap checksum, gathered once per epoch)."""
+        """Raise if the processes' trackers diverged: a checksum of decisions and averages, gathered once per epoch."""
         if self.accelerator.num_processes <= 1:
             return
         interpolated = self.tracker.interpolated
-        checksum = torch.tensor(
-            [float(interpolated.sum()), float(np.flatnonzero(interpolated).sum() % 1_000_003)],
-            dtype=torch.float64,
-            device=self.accelerator.device,
+        l_corr, l_incorr, _ = self.tracker.averages()
+        checksum = np.nan_to_num(
+            [
+                np.count_nonzero(interpolated),
+                np.flatnonzero(interpolated).sum(dtype=np.float64),
+                l_corr,
+                l_incorr,
+                np.nansum(self.tracker.last_loss, dtype=np.float64),
+            ],
+            nan=-1.0,
         )
+        checksum = torch.tensor(checksum, dtype=torch.float64, device=self.accelerator.device)
         gathered = self.accelerator.gather(checksum[None]).cpu()
         if not torch.all(gathered == gathered[0]):
             raise RuntimeError(
-                f"InterTrain trackers diverged across ranks at epoch {self.tracker.epoch}: every process must see "
-                "the same dataset, seed and InterTrain settings"
+                f"InterTrain trackers diverged across processes at epoch {self.tracker.epoch}: every process must "
+                "see the same dataset, seed and InterTrain settings"
             )
 
     # ----------------------------------------------------------------------------------------------------------
     # Checkpoints
     def _settings(self) -> dict[str, Any]:
+        """InterTrain's settings: a checkpoint made with others is refused."""
         args = self.args
         return {
             "num_samples": len(self.train_dataset),
@@ -380,63 +511,117 @@ class InterTrainTrainer(Trainer):
             "adaptive_interpolation": args.adaptive_interpolation,
             "selective_interpolation": args.selective_interpolation,
             "amenability_regions": list(args.regions),
+            "amenable_action": args.amenable_action,
             "patch_ratio": args.patch_ratio,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "seed": args.data_seed if args.data_seed is not None else args.seed,
         }
 
+    def _plan_layout(self) -> dict[str, Any]:
+        """What an epoch's batches depend on besides the tracker: must match to resume mid-epoch."""
+        args = self.args
+        return {
+            "seed": args.seed,
+            "data_seed": args.data_seed,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "dataloader_drop_last": args.dataloader_drop_last,
+            "num_processes": self.accelerator.num_processes,
+        }
+
+    def _at_epoch_boundary(self) -> bool:
+        """No step of the tracker's current epoch trained yet (the same answer on every process)."""
+        return self.state.global_step == sum(self._epoch_update_steps[: self.tracker.epoch])
+
     def _save_checkpoint(self, model, trial) -> None:
-        """The parent's checkpoint plus InterTrain's state (safetensors + JSON, no pickle)."""
+        """InterTrain's state (safetensors + JSON, no pickle), then the parent's checkpoint.
+
+        Written first, so that a checkpoint with the Trainer's state (`trainer_state.json`, written last) has it.
+        """
         self._flush_records()
+        state, nonfinite = self._global_tracker_state()
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.save_intertrain_state(output_dir, state, nonfinite)
         super()._save_checkpoint(model, trial)
-        state = self._global_tracker_state()
-        if not self.args.should_save:
-            return
-        output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self.save_intertrain_state(output_dir, state)
 
-    def _global_tracker_state(self) -> dict[str, np.ndarray]:
-        """The tracker state with this epoch's records of all ranks (the live buffers stay per rank)."""
+    def _global_tracker_state(self) -> tuple[dict[str, np.ndarray], int]:
+        """The tracker state with this epoch's records of all processes (each process keeps its own buffers), and
+        the epoch's non-finite loss count. Every process calls it: mid-epoch it is one all-reduce."""
+        if self.accelerator.num_processes <= 1 or self._at_epoch_boundary():
+            return self.tracker.state_dict(), self._nonfinite_losses
+        own = self.tracker.epoch_buffers()
+        nonfinite = self._reduce_epoch_records()
         state = self.tracker.state_dict()
-        if self.accelerator.num_processes > 1:
-            saved = self.tracker.epoch_buffers()
-            self._reduce_epoch_records()
-            state = self.tracker.state_dict()
-            self.tracker.set_epoch_buffers(*saved)
-        return state
+        self.tracker.set_epoch_buffers(*own)
+        return state, nonfinite
 
-    def save_intertrain_state(self, output_dir: str, state: dict[str, np.ndarray] | None = None) -> None:
-        """Write the tracker state and the epoch plan's inputs into `output_dir`."""
+    def save_intertrain_state(
+        self, output_dir: str, state: dict[str, np.ndarray] | None = None, nonfinite_losses: int | None = None
+    ) -> None:
+        """Write the tracker state and the epoch plan's inputs into `output_dir`.
+
+        Args:
+            output_dir: The checkpoint folder.
+            state: The tracker state to write; default: this process's (complete only in a one-process run).
+            nonfinite_losses: Non-finite losses left out so far this epoch; default: this process's count.
+        """
         os.makedirs(output_dir, exist_ok=True)
         state = self.tracker.state_dict() if state is None else state
-        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(output_dir, INTERTRAIN_STATE_NAME))
+        arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+        safetensors.numpy.save_file(arrays, os.path.join(output_dir, INTERTRAIN_STATE_NAME))
         meta = {
             "settings": self._settings(),
+            "plan_layout": self._plan_layout(),
+            "mid_epoch": not self._at_epoch_boundary(),
             "epoch_update_steps": self._epoch_update_steps,
+            "epoch_seconds_done": 0.0 if self._at_epoch_boundary() else time.perf_counter() - self._epoch_started_at,
+            "nonfinite_losses": self._nonfinite_losses if nonfinite_losses is None else nonfinite_losses,
             "history": self.intertrain_history,
         }
         with open(os.path.join(output_dir, INTERTRAIN_META_NAME), "w") as f:
             json.dump(meta, f, indent=2)
 
     def load_intertrain_state(self, checkpoint_dir: str) -> None:
-        """Restore the tracker and epoch history from a checkpoint, refusing one made with other settings."""
-        with open(os.path.join(checkpoint_dir, INTERTRAIN_META_NAME)) as f:
+        """Restore the tracker, epoch lengths and history, refusing a checkpoint this run cannot continue.
+
+        Raises:
+            ValueError: When the checkpoint has no InterTrain state, was made with another dataset size or other
+                InterTrain settings, or was saved mid-epoch with another plan layout (see `_plan_layout`).
+        """
+        meta_path = os.path.join(checkpoint_dir, INTERTRAIN_META_NAME)
+        if not os.path.isfile(meta_path):
+            raise ValueError(
+                f"{checkpoint_dir} has no {INTERTRAIN_META_NAME}: it was not written by InterTrainTrainer, so its "
+                "interpolation state is unknown; start a new run instead of resuming"
+            )
+        with open(meta_path) as f:
             meta = json.load(f)
-        current = self._settings()
-        for key, value in meta["settings"].items():
-            if current.get(key) != value:
-                raise ValueError(
-                    f"checkpoint {checkpoint_dir} was made with {key}={value!r} but this run has {key}={current.get(key)!r}: "
-                    "resume with the same dataset and InterTrain settings, or start a new output_dir"
-                )
+        _refuse_differences(
+            checkpoint_dir,
+            meta["settings"],
+            self._settings(),
+            "resume with the same dataset and InterTrain settings, or start a new output_dir",
+        )
+        if meta["mid_epoch"]:
+            _refuse_differences(
+                checkpoint_dir,
+                meta["plan_layout"],
+                self._plan_layout(),
+                "it was saved mid-epoch, so the rest of the epoch needs the same batches: resume with the same "
+                "settings, or from a checkpoint saved at an epoch's end",
+            )
         state = safetensors.numpy.load_file(os.path.join(checkpoint_dir, INTERTRAIN_STATE_NAME))
+        nonfinite = int(meta["nonfinite_losses"])
         if self.accelerator.num_processes > 1 and not self.accelerator.is_main_process:
-            # Epoch records in the checkpoint are already global: only one rank may contribute them again.
+            # The checkpoint's epoch records are already summed over processes: only one process may hold them.
             for name in state:
                 if name.startswith("epoch_"):
                     state[name] = np.zeros_like(state[name])
+            nonfinite = 0
         self.tracker.load_state_dict(state)
+        self._nonfinite_losses = nonfinite
         self._epoch_update_steps = list(meta["epoch_update_steps"])
+        self._resumed_epoch_seconds = float(meta["epoch_seconds_done"])
         self.intertrain_history = list(meta["history"])
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
@@ -446,13 +631,76 @@ class InterTrainTrainer(Trainer):
         )
         if resume_from_checkpoint is None:
             return epochs_trained, steps_trained_in_current_epoch
-        if not os.path.isfile(os.path.join(resume_from_checkpoint, INTERTRAIN_META_NAME)):
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {INTERTRAIN_META_NAME}: it was not written by InterTrainTrainer, so "
-                "its interpolation state is unknown; start a new run instead of resuming"
-            )
         self.load_intertrain_state(resume_from_checkpoint)
         epochs_trained = self.tracker.epoch
         done_in_epoch = self.state.global_step - sum(self._epoch_update_steps[:epochs_trained])
-        steps_trained_in_current_epoch = 0 if self.args.ignore_data_skip else done_in_epoch * self.args.gradient_accumulation_steps
-        return epochs_trained, steps_trained_in_current_epoch
+        steps = self._epoch_update_steps
+        if not 0 <= done_in_epoch <= (steps[epochs_trained] if epochs_trained < len(steps) else 0):
+            raise ValueError(
+                f"{resume_from_checkpoint}: global step {self.state.global_step} is not in epoch {epochs_trained} of "
+                f"the recorded epoch lengths {steps}; the checkpoint is inconsistent, resume from another one"
+            )
+        if self.args.ignore_data_skip:
+            return epochs_trained, 0
+        return epochs_trained, done_in_epoch * self.args.gradient_accumulation_steps
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Hub: checkpoints loadable by timm and transformers, model cards
+    @property
+    def intertrain_image_size(self) -> tuple[int, int]:
+        """The training resolution (height, width), read once from the first training item."""
+        if getattr(self, "_intertrain_image_size", None) is None:
+            self._intertrain_image_size = image_size_of(self.train_dataset)
+        return self._intertrain_image_size
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The parent's save, then the folder made loadable by timm too (`hub.make_loadable`): config.json gets the
+        `pretrained_cfg` of the eval transform and the weights native timm keys. Runs for the final model and for
+        every checkpoint (both go through `_save`)."""
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            timm_model = unwrap_timm_model(self.accelerator.unwrap_model(self.model))
+            make_loadable(output_dir or self.args.output_dir, timm_model, self.intertrain_image_size)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        dataset_name: str | None = None,
+    ) -> None:
+        """Write README.md (Hub metadata and InterTrain's report, see `model_card.py`), its plot and
+        `intertrain_card.json` into `output_dir`, on the main process.
+
+        The parent's signature plus `dataset_name` (a Hub id or local path). `dataset_name`, `finetuned_from`,
+        `license` and `language` given once are kept for later calls, such as the one `push_to_hub` makes with
+        only `model_name` and `tags`. `dataset_tags` overrides the Hub dataset ids; `dataset` stands in for
+        `dataset_name`; `tasks` and `dataset_args` are not used (the task is image classification).
+        """
+        if not self.is_world_process_zero():
+            return
+        if dataset_name is None and dataset:
+            dataset_name = dataset if isinstance(dataset, str) else dataset[0]
+        given = {
+            "dataset_name": dataset_name,
+            "dataset_ids": [dataset_tags] if isinstance(dataset_tags, str) else dataset_tags,
+            "base_model": finetuned_from,
+            "license": license,
+            "language": language,
+        }
+        self._card_defaults = {**getattr(self, "_card_defaults", {}), **{k: v for k, v in given.items() if v is not None}}
+        repo_id = resolve_repo_id(self.args.hub_model_id, self.args.output_dir, self.hub_model_id)
+        facts = card_facts(
+            self,
+            model_name=model_name or repo_id.split("/")[-1],
+            repo_id=repo_id,
+            tags=[tags] if isinstance(tags, str) else tags,
+            **self._card_defaults,
+        )
+        write_model_card(facts, self.args.output_dir)

@@ -208,3 +208,68 @@ def test_invalid_tracker_and_epoch_raise():
     sampler = InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2)
     with pytest.raises(ValueError, match="epoch"):
         sampler.set_epoch(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# amenable_action="skip": the "skipping instead of interpolating" ablation (paper Sec. 7.8)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_skip_leaves_s_int_out_of_the_epoch():
+    s_int = [1, 4, 5, 8, 9, 13, 17, 20, 22]
+    tracker = tracker_with_s_int(23, s_int)
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, seed=3, amenable_action="skip")
+    batches = list(sampler)
+    assert sorted(samples_seen(batches)) == sorted(set(range(23)) - set(s_int))
+    assert all(b == -1 and r == 1.0 for batch in batches for _, b, r in batch)
+    assert sampler.num_pairs == 0 and sampler.num_skipped == len(s_int)
+    assert sampler.num_items + sampler.num_skipped == 23
+    assert len(sampler) == len(batches) == 4
+
+
+def test_interpolating_sampler_skips_nothing():
+    sampler = InterTrainBatchSampler(tracker_with_s_int(10, [0, 1, 2]), batch_size=4)
+    assert sampler.num_skipped == 0 and sampler.num_items + sampler.num_pairs == 10
+
+
+def test_skip_plan_is_deterministic_and_differs_across_epochs():
+    tracker = tracker_with_s_int(40, list(range(0, 40, 3)))
+    first = InterTrainBatchSampler(tracker, batch_size=5, seed=7, amenable_action="skip")
+    second = InterTrainBatchSampler(tracker, batch_size=5, seed=7, amenable_action="skip")
+    first.set_epoch(2)
+    second.set_epoch(2)
+    assert list(first) == list(second)
+    second.set_epoch(3)
+    assert list(first) != list(second)
+
+
+def test_skip_without_s_int_draws_the_same_plan_as_interpolation():
+    tracker = AmenabilityTracker(17)
+    skipping = InterTrainBatchSampler(tracker, batch_size=4, seed=2, amenable_action="skip")
+    interpolating = InterTrainBatchSampler(tracker, batch_size=4, seed=2)
+    assert list(skipping) == list(interpolating)
+
+
+def test_skip_trains_everything_when_s_int_holds_every_sample():
+    # Skipping all of S_int would give an epoch without items, which ends a Trainer run.
+    sampler = InterTrainBatchSampler(AmenabilityTracker(9, selective=False), batch_size=4, amenable_action="skip")
+    assert sampler.num_skipped == 0 and sampler.num_pairs == 0
+    assert sorted(samples_seen(list(sampler))) == list(range(9))
+
+
+def test_state_dict_carries_the_amenable_action():
+    tracker = tracker_with_s_int(10, [0, 1, 2, 3])
+    state = InterTrainBatchSampler(tracker, batch_size=3, amenable_action="skip").state_dict()
+    assert state["amenable_action"] == "skip"
+    with pytest.raises(ValueError, match="amenable_action"):
+        InterTrainBatchSampler(tracker, batch_size=3).load_state_dict(state)
+    # A state saved before the setting existed is an interpolating one.
+    old_state = {k: v for k, v in InterTrainBatchSampler(tracker, batch_size=3).state_dict().items() if k != "amenable_action"}
+    InterTrainBatchSampler(tracker, batch_size=3).load_state_dict(old_state)
+    with pytest.raises(ValueError, match="amenable_action"):
+        InterTrainBatchSampler(tracker, batch_size=3, amenable_action="skip").load_state_dict(old_state)
+
+
+def test_invalid_amenable_action_raises():
+    with pytest.raises(ValueError, match="amenable_action.*'interpolate'"):
+        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, amenable_action="drop")

@@ -345,3 +345,38 @@ def test_state_arrays_are_read_only():
         tracker.reason[0] = REGION_1
     assert tracker.reason.dtype == np.int8 and (tracker.reason == NOT_INTERPOLATED).all()
     assert tracker.last_loss.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Skipped samples (the sampler's amenable_action="skip"): no record in the epoch
+# ----------------------------------------------------------------------------------------------
+
+
+def record_all_but(tracker: AmenabilityTracker, skipped: list[int], losses, correct) -> EpochSummary:
+    keep = np.array([i for i in range(N) if i not in skipped])
+    tracker.record(keep, np.asarray(losses, dtype=np.float32)[keep], np.asarray(correct)[keep])
+    return tracker.end_epoch()
+
+
+def test_skipped_region1_sample_is_trained_and_judged_again_next_epoch():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5] + [1.0] * 3 + [3.0] * 4, CORRECT0)
+    assert tracker.reason[0] == REGION_1
+    summary = record_all_but(tracker, [0], LOSS0, CORRECT0)  # Epoch 2: sample 0 is skipped.
+    assert summary.num_recorded == N - 1
+    assert tracker.reason[0] == NOT_INTERPOLATED  # Back to S_noInt: trained without interpolation.
+    assert tracker.last_loss[0] == 0.5 and tracker.prev_noint_loss[0] == 0.5  # Its losses are kept.
+    run_epoch(tracker, [0.5] + [1.0] * 3 + [3.0] * 4, CORRECT0)  # Epoch 3: trained, judged, Region 1 again.
+    assert tracker.reason[0] == REGION_1
+
+
+def test_skipped_region3_sample_is_compared_with_its_loss_before_the_skip():
+    for loss_after_skip, expected in ((11.0, REGION_3), (9.0, NOT_INTERPOLATED)):
+        tracker = tracker_after_epoch0()
+        run_epoch(tracker, [1.0] * 4 + [10.0] + [3.0] * 3, CORRECT0)  # Region 3 and increased: interpolate.
+        assert tracker.reason[4] == REGION_3
+        record_all_but(tracker, [4], LOSS0, CORRECT0)  # Skipped in epoch 2.
+        assert tracker.reason[4] == NOT_INTERPOLATED and tracker.prev_noint_loss[4] == 10.0
+        losses = [1.0] * 4 + [loss_after_skip] + [3.0] * 3
+        run_epoch(tracker, losses, CORRECT0)
+        assert tracker.reason[4] == expected

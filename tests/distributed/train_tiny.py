@@ -1,0 +1,185 @@
+"""Distributed InterTrain on generated data, for `tests/test_distributed.py` (and the 1-vs-2 process timing).
+
+    accelerate launch --config_file recipes/accelerate/cpu_multi_process.yaml --num_processes 2 \
+        tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16]
+
+(`accelerate launch --cpu --num_processes 2` starts one process unless an MPI hostfile is configured: the
+config above launches the CPU processes through torchrun instead.)
+
+Each process writes what the test compares, per run ("full", and with --resume_check "resumed"):
+`OUT/{run}_rank{r}.safetensors` (its tracker state) and `OUT/{run}_rank{r}.json` (history, logged statistics,
+epoch lengths, per-epoch record counts of this rank and of all ranks, final eval loss).
+With --resume_check the script also trains a run that dies right after a mid-epoch checkpoint in epoch 2 (the
+first interpolating epoch) and resumes it from that checkpoint in fresh trainers, then a run whose processes
+are given different InterTrain settings (`OUT/diverging_rank{r}.json`: how it ended).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import safetensors.numpy
+from transformers import TrainerCallback
+
+from conftest import make_dataset, make_model
+from hf_intertrain import InterTrainArguments, InterTrainTrainer
+
+
+class Preempted(Exception):
+    """Raised to kill a run right after a checkpoint, as a preemption would."""
+
+
+class DieAfterSave(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Preempted(f"preempted after checkpoint-{self.step}")
+
+
+class RecordingTrainer(InterTrainTrainer):
+    """Keeps each epoch's record counts of this rank (before the reduction) and of all ranks (after)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.local_counts: list[list[int]] = []
+        self.global_counts: list[list[int]] = []
+
+    def _end_intertrain_epoch(self):
+        end_epoch = self.tracker.end_epoch
+
+        def recording_end_epoch():
+            self.global_counts.append(self.tracker.epoch_buffers()[2].tolist())
+            return end_epoch()
+
+        self.tracker.end_epoch = recording_end_epoch
+        self._at_epoch_end = True
+        try:
+            super()._end_intertrain_epoch()
+        finally:
+            del self.tracker.end_epoch
+            self._at_epoch_end = False
+
+    def _reduce_epoch_records(self):
+        if getattr(self, "_at_epoch_end", False):
+            self.local_counts.append(self.tracker.epoch_buffers()[2].tolist())
+        return super()._reduce_epoch_records()
+
+
+def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=(), **overrides):
+    args = InterTrainArguments(
+        output_dir=output_dir,
+        num_train_epochs=cli.epochs,
+        per_device_train_batch_size=cli.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="linear",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        bf16=cli.bf16,
+        ddp_find_unused_parameters=False,
+        **overrides,
+    )
+    model = make_model(output_stride=16, seed=model_seed)
+    return RecordingTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation, callbacks=list(callbacks)
+    )
+
+
+def dump(trainer, output_dir, run):
+    rank = trainer.args.process_index
+    safetensors.numpy.save_file(
+        {k: np.ascontiguousarray(v) for k, v in trainer.tracker.state_dict().items()},
+        os.path.join(output_dir, f"{run}_rank{rank}.safetensors"),
+    )
+    logged = [
+        {k: v for k, v in entry.items() if k.startswith("intertrain/") and k != "intertrain/epoch_seconds"}
+        for entry in trainer.state.log_history
+        if "intertrain/items" in entry
+    ]
+    report = {
+        "num_processes": trainer.accelerator.num_processes,
+        "history": trainer.intertrain_history,
+        "logged": logged,
+        "epoch_update_steps": trainer._epoch_update_steps,
+        "global_step": trainer.state.global_step,
+        "local_counts": trainer.local_counts,
+        "global_counts": trainer.global_counts,
+        "eval_loss": trainer.evaluate()["eval_loss"],
+        "train_runtime": trainer.train_runtime,
+    }
+    with open(os.path.join(output_dir, f"{run}_rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--num_samples", type=int, default=70)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--resume_check", action="store_true")
+    cli = parser.parse_args()
+    os.makedirs(cli.output_dir, exist_ok=True)
+    train = make_dataset(cli.num_samples, seed=0, training=True)
+    evaluation = make_dataset(40, seed=3)
+
+    full = build_trainer(cli, os.path.join(cli.output_dir, "full"), train, evaluation)
+    started = time.perf_counter()
+    full.train()
+    full.train_runtime = time.perf_counter() - started
+    dump(full, cli.output_dir, "full")
+    if not cli.resume_check:
+        return
+
+    # Die one step into epoch 2 (the first interpolating epoch), then resume in fresh trainers from that checkpoint.
+    step = sum(full._epoch_update_steps[:2]) + 1
+    interrupted_dir = os.path.join(cli.output_dir, "interrupted")
+    interrupted = build_trainer(cli, interrupted_dir, train, evaluation, callbacks=[DieAfterSave(step)])
+    try:
+        interrupted.train()
+        raise RuntimeError(f"the run was not preempted at step {step}")
+    except Preempted:
+        interrupted.accelerator.wait_for_everyone()  # relaunched once every process is gone and rank 0 has saved
+    resumed = build_trainer(cli, interrupted_dir, train, evaluation, model_seed=1)
+    started = time.perf_counter()
+    resumed.train(resume_from_checkpoint=os.path.join(interrupted_dir, f"checkpoint-{step}"))
+    resumed.train_runtime = time.perf_counter() - started
+    dump(resumed, cli.output_dir, "resumed")
+
+    # A misconfigured launch: the second process admits Region 1 only, so the trackers' decisions differ after
+    # epoch 1 although their records are summed; the cross-process checksum must stop the run on every process.
+    rank = resumed.args.process_index
+    regions = "1,3" if rank == 0 else "1"
+    diverging_dir = os.path.join(cli.output_dir, "diverging")
+    diverging = build_trainer(cli, diverging_dir, train, evaluation, amenability_regions=regions)
+    try:
+        diverging.train()
+        outcome = "trained"
+    except RuntimeError as e:
+        outcome = str(e)
+    with open(os.path.join(cli.output_dir, f"diverging_rank{rank}.json"), "w") as f:
+        json.dump({"outcome": outcome, "epochs_closed": len(diverging.intertrain_history)}, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import math
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from conftest import REPO
+
+NUM_SAMPLES, BATCH_SIZE, EPOCHS = 70, 8, 3  # 9 batches in epoch 0: the second process's last batch is padding
+SCRIPT = REPO / "tests" / "distributed" / "train_tiny.py"
+CONFIG = REPO / "recipes" / "accelerate" / "cpu_multi_process.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One `accelerate launch` of two CPU processes: an uninterrupted run, a run killed after a mid-epoch
+    checkpoint in epoch 2 and resumed from it, and a misconfigured run (see tests/distributed/train_tiny.py)."""
+    output_dir = tmp_path_factory.mktemp("distributed")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIG), "--num_processes", "2", "--main_process_port", str(_free_port()),
+        str(SCRIPT), "--output_dir", str(output_dir),
+        "--num_samples", str(NUM_SAMPLES), "--batch_size", str(BATCH_SIZE), "--epochs", str(EPOCHS), "--resume_check",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    def load(run):
+        reports = [json.loads((output_dir / f"{run}_rank{r}.json").read_text()) for r in range(2)]
+        trackers = [safetensors.numpy.load_file(str(output_dir / f"{run}_rank{r}.safetensors")) for r in range(2)]
+        return reports, trackers
+
+    diverging = [json.loads((output_dir / f"diverging_rank{r}.json").read_text()) for r in range(2)]
+    return load("full"), load("resumed"), diverging
+
+
+def _without_seconds(rows):
+    return [{k: v for k, v in row.items() if k != "intertrain/epoch_seconds"} for row in rows]
+
+
+def test_two_processes_train_one_plan_with_global_coverage(launched):
+    (reports, _), _, _ = launched
+    assert [r["num_processes"] for r in reports] == [2, 2]
+    history = reports[0]["history"]
+    assert [row["epoch"] for row in history] == list(range(EPOCHS))
+    for row in history:
+        assert row["intertrain/items"] + row["intertrain/pairs"] == NUM_SAMPLES
+    assert [row["intertrain/pairs"] > 0 for row in history] == [False, False, True]
+    # Each process trains its shard: ceil(batches / 2) optimizer steps per epoch, padded to the same count.
+    expected = [math.ceil(math.ceil(row["intertrain/items"] / BATCH_SIZE) / 2) for row in history]
+    for report in reports:
+        assert report["epoch_update_steps"] == expected
+        assert report["global_step"] == sum(expected)
+
+
+def test_every_sample_is_recorded_and_counted_once_in_the_statistics(launched):
+    (reports, _), _, _ = launched
+    local = [np.array(r["local_counts"]) for r in reports]
+    total = np.array(reports[0]["global_counts"])
+    assert total.shape == (EPOCHS, NUM_SAMPLES)
+    np.testing.assert_array_equal(local[0] + local[1], total)  # one all-reduce: nothing dropped or added
+    np.testing.assert_array_equal(np.array(reports[1]["global_counts"]), total)
+    assert (total >= 1).all()  # no sample dropped by the sharding
+    assert (total <= 2).all() and (total[0] == 2).sum() == 10  # only even_batches padding is trained twice
+    assert (local[0] > 0).sum(axis=1).min() > 0 and (local[1] > 0).sum(axis=1).min() > 0
+    for row in reports[0]["history"][1:]:  # averages defined from epoch 1: every sample in exactly one region
+        assert row["intertrain/region_1"] + row["intertrain/region_2"] + row["intertrain/region_3"] == NUM_SAMPLES
+
+
+def test_both_processes_hold_the_same_tracker_and_log_the_same_statistics(launched):
+    (reports, trackers), _, _ = launched
+    assert trackers[0].keys() == trackers[1].keys()
+    for key in trackers[0]:
+        np.testing.assert_array_equal(trackers[0][key], trackers[1][key], err_msg=key)
+    assert int(trackers[0]["epoch"][0]) == EPOCHS
+    assert _without_seconds(reports[0]["history"]) == _without_seconds(reports[1]["history"])
+    assert reports[0]["logged"] == reports[1]["logged"] == [
+        {k: v for k, v in row.items() if k != "epoch"} for row in _without_seconds(reports[0]["history"])
+    ]
+    assert reports[0]["eval_loss"] == pytest.approx(reports[1]["eval_loss"], rel=1e-6)
+
+
+def test_run_killed_mid_epoch_and_relaunched_ends_where_the_uninterrupted_run_ends(launched):
+    (full_reports, full_trackers), (resumed_reports, resumed_trackers), _ = launched
+    for rank in range(2):
+        for key in full_trackers[rank]:
+            np.testing.assert_array_equal(resumed_trackers[rank][key], full_trackers[rank][key], err_msg=key)
+        assert _without_seconds(resumed_reports[rank]["history"]) == _without_seconds(full_reports[rank]["history"])
+        assert resumed_reports[rank]["global_step"] == full_reports[rank]["global_step"]
+        assert resumed_reports[rank]["eval_loss"] == pytest.approx(full_reports[rank]["eval_loss"], rel=1e-6)
+    # Epoch 2's records: the checkpoint's (both processes' first step, restored on rank 0) plus the rest.
+    full_local = [np.array(r["local_counts"])[2] for r in full_reports]
+    resumed_local = [np.array(r["local_counts"])[0] for r in resumed_reports]
+    np.testing.assert_array_equal(np.array(resumed_reports[0]["global_counts"])[0], full_local[0] + full_local[1])
+    assert resumed_local[1].sum() < full_local[1].sum() and resumed_local[0].sum() > full_local[0].sum()
+
+
+def test_processes_whose_trackers_diverge_stop_with_a_clear_error(launched):
+    _, _, diverging = launched
+    for report in diverging:
+        assert "trackers diverged across processes at epoch 2" in report["outcome"]
+        assert report["epochs_closed"] == 1  # epoch 1 was judged differently; its checksum stopped the run

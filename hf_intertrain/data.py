@@ -771,6 +771,45 @@ class ItemDataset(torch.utils.data.Dataset):
         return {"pixel_values": pixels.as_subclass(torch.Tensor), "labels": int(example["labels"]), "sample_index": row}
 
 
+class BatchSeededDataset(torch.utils.data.Dataset):
+    """Fetches each batch with Python's, numpy's and torch's CPU RNGs seeded by (seed, epoch, the batch's items).
+
+    Augmentation then depends on the epoch plan only, not on how many batches were fetched before or in which
+    process: a run resumed mid-epoch (whose skipped batches are never fetched) augments the remaining batches as
+    the uninterrupted run did, whatever `dataloader_num_workers`. The global RNG states are restored after each
+    fetch, so the training step's own randomness (dropout) is what transformers saves in its checkpoints.
+    `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the value of the
+    epoch they started in; the batch's items still differ from epoch to epoch).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[dict[str, Any]]:
+        entropy = [self.seed, self.epoch]
+        for key in keys:
+            entropy += [int(key[0]), int(key[1]) + 1] if isinstance(key, (tuple, list)) else [int(key)]
+        seeds = np.random.SeedSequence(entropy).generate_state(3)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(int(seeds[0]))
+            np.random.seed(int(seeds[1]))
+            torch.default_generator.manual_seed(int(seeds[2]))
+            try:
+                return self.dataset.__getitems__(keys)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
 def as_item_dataset(dataset: Any) -> torch.utils.data.Dataset:
     """The dataset itself if it already serves InterTrain item keys, else wrapped in `ItemDataset`."""
     if isinstance(dataset, (ImageClassificationDataset, ItemDataset)):

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from typing import Any
 
@@ -36,7 +35,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .config import InterTrainArguments
-from .data import InterTrainCollator, as_item_dataset
+from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
 from .hub import image_size_of, make_loadable, resolve_repo_id
 from .model_card import card_facts, write_model_card
 from .operators import cell_rectangle_masks, linavg, randpatch
@@ -50,45 +49,6 @@ logger = logging.getLogger(__name__)
 INTERTRAIN_STATE_NAME = "intertrain_state.safetensors"
 INTERTRAIN_META_NAME = "intertrain_state.json"
 _RECORD_FLUSH_EVERY = 256
-
-
-class _BatchSeededDataset(torch.utils.data.Dataset):
-    """Fetches each batch with Python's, numpy's and torch's CPU RNGs seeded by (seed, epoch, the batch's items).
-
-    Augmentation then depends on the epoch plan only, not on how many batches were fetched before or in which
-    process: a run resumed mid-epoch (whose skipped batches are never fetched) augments the remaining batches as
-    the uninterrupted run did, whatever `dataloader_num_workers`. The global RNG states are restored after each
-    fetch, so the training step's own randomness (dropout) is what transformers saves in its checkpoints.
-    `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the value of the
-    epoch they started in; the batch's items still differ from epoch to epoch).
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        return self.__getitems__([key])[0]
-
-    def __getitems__(self, keys: list) -> list[dict[str, Any]]:
-        entropy = [self.seed, self.epoch]
-        for key in keys:
-            entropy += [int(key[0]), int(key[1]) + 1] if isinstance(key, (tuple, list)) else [int(key)]
-        seeds = np.random.SeedSequence(entropy).generate_state(3)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(int(seeds[0]))
-            np.random.seed(int(seeds[1]))
-            torch.default_generator.manual_seed(int(seeds[2]))
-            try:
-                return self.dataset.__getitems__(keys)
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
 
 
 def _refuse_differences(checkpoint_dir: str, saved: dict[str, Any], current: dict[str, Any], fix: str) -> None:
@@ -234,7 +194,7 @@ class InterTrainTrainer(Trainer):
         self._nonfinite_losses = 0
         self._resumed_epoch_seconds = 0.0
         self._rng_state_to_restore: str | None = None
-        self._batch_seeded_dataset: _BatchSeededDataset | None = None
+        self._batch_seeded_dataset: BatchSeededDataset | None = None
 
         super().__init__(
             model=model,
@@ -268,7 +228,7 @@ class InterTrainTrainer(Trainer):
         if args.dataloader_num_workers > 0:
             params["prefetch_factor"] = args.dataloader_prefetch_factor
             params["multiprocessing_context"] = args.dataloader_multiprocessing_context
-        self._batch_seeded_dataset = _BatchSeededDataset(self.train_dataset, self.intertrain_sampler.seed)
+        self._batch_seeded_dataset = BatchSeededDataset(self.train_dataset, self.intertrain_sampler.seed)
         return self.accelerator.prepare(DataLoader(self._batch_seeded_dataset, **params))
 
     # ----------------------------------------------------------------------------------------------------------

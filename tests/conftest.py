@@ -20,6 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 FLAT_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "crop_pct": 1.0}
 
+# TrainingArguments of the tiny training runs in the tests: SGD, linear decay, no evaluation or checkpoints.
+TINY_TRAINING = dict(
+    per_device_train_batch_size=16,
+    learning_rate=0.05,
+    optim="sgd",
+    lr_scheduler_type="linear",
+    eval_strategy="no",
+    save_strategy="no",
+    report_to="none",
+    seed=0,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+)
+
 datasets.disable_progress_bars()
 
 

@@ -15,7 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-from conftest import FLAT_CONFIG, make_dataset, make_model, make_split
+from conftest import FLAT_CONFIG, TINY_TRAINING, make_dataset, make_model, make_split
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.config import DataArguments, ModelArguments
 from hf_intertrain.data import build_transforms
@@ -30,19 +30,7 @@ from hf_intertrain.hub import (
 from hf_intertrain.run import run_training
 
 CLASS_NAMES = [f"class_{i}" for i in range(4)]
-TRAINING = dict(
-    num_train_epochs=2,
-    per_device_train_batch_size=16,
-    per_device_eval_batch_size=32,
-    learning_rate=0.05,
-    optim="sgd",
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    report_to="none",
-    seed=0,
-    disable_tqdm=True,
-    dataloader_num_workers=0,
-)
+TRAINING = dict(TINY_TRAINING, num_train_epochs=2, per_device_eval_batch_size=32, eval_strategy="epoch", save_strategy="epoch")
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_dataset, make_model
+from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.split import unwrap_timm_model
 
-COMMON = dict(
-    per_device_train_batch_size=16,
-    learning_rate=0.05,
-    optim="sgd",
-    lr_scheduler_type="linear",
-    eval_strategy="no",
-    save_strategy="no",
-    report_to="none",
-    seed=0,
-    disable_tqdm=True,
-    dataloader_num_workers=0,
-)
+COMMON = TINY_TRAINING
 # Two RandPatch/LinAvg pairs and two singles.
 KEYS = [(0, 1, 0.7), (2, 3, 0.4), (4, -1, 1.0), (5, -1, 1.0)]
 

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
-from conftest import REPO, make_dataset, make_model, make_split
+from conftest import REPO, TINY_TRAINING, make_dataset, make_model, make_split
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.compare import run_comparison
 from hf_intertrain.config import DataArguments, ModelArguments
@@ -23,18 +23,7 @@ from hf_intertrain.metrics import build_compute_metrics
 from hf_intertrain.model_card import describe_dataset, template_text
 
 BASE_MODEL = "timm/test_resnet.r160_in1k"
-TRAINING = dict(
-    per_device_train_batch_size=16,
-    per_device_eval_batch_size=32,
-    learning_rate=0.05,
-    optim="sgd",
-    eval_strategy="epoch",
-    save_strategy="no",
-    report_to="none",
-    seed=0,
-    disable_tqdm=True,
-    dataloader_num_workers=0,
-)
+TRAINING = dict(TINY_TRAINING, per_device_eval_batch_size=32, eval_strategy="epoch")
 # what Trainer.push_to_hub leaves out of the upload
 UPLOAD_IGNORE = ["_*", "checkpoint-*"]
 

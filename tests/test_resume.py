@@ -12,24 +12,13 @@ import safetensors.numpy
 import torch
 from transformers import TrainerCallback
 
-from conftest import make_dataset, make_model
+from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
-from hf_intertrain.trainer import INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME, _BatchSeededDataset
+from hf_intertrain.data import BatchSeededDataset
+from hf_intertrain.trainer import INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME
 
 NUM_SAMPLES = 88  # 5 full batches of 16 and one of 8
-COMMON = dict(
-    per_device_train_batch_size=16,
-    num_train_epochs=5,
-    learning_rate=0.05,
-    optim="sgd",
-    lr_scheduler_type="linear",
-    eval_strategy="no",
-    logging_strategy="epoch",
-    report_to="none",
-    seed=0,
-    disable_tqdm=True,
-    dataloader_num_workers=0,
-)
+COMMON = dict(TINY_TRAINING, num_train_epochs=5, logging_strategy="epoch", save_strategy="epoch")
 
 
 class SaveAtSteps(TrainerCallback):
@@ -227,7 +216,7 @@ def test_checkpoint_without_intertrain_state_is_refused(tmp_path, data, referenc
 
 def test_batch_augmentation_depends_on_the_plan_and_leaves_global_rngs_untouched(data):
     train, _ = data
-    seeded = _BatchSeededDataset(train, seed=0)
+    seeded = BatchSeededDataset(train, seed=0)
     keys = [(3, 5, 0.5), (7, -1, 1.0)]
     first = seeded.__getitems__(keys)
     random.random(), np.random.rand(), torch.rand(1)  # other draws in between must not matter

@@ -8,22 +8,11 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from conftest import make_dataset, make_model
+from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.data import InterTrainCollator
 
-COMMON = dict(
-    per_device_train_batch_size=16,
-    learning_rate=0.05,
-    optim="sgd",
-    lr_scheduler_type="linear",
-    eval_strategy="no",
-    save_strategy="no",
-    report_to="none",
-    seed=0,
-    disable_tqdm=True,
-    dataloader_num_workers=0,
-)
+COMMON = TINY_TRAINING
 
 
 def _args(tmp_path, **overrides):

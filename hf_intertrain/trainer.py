@@ -157,7 +157,7 @@ class InterTrainTrainer(Trainer):
         train_dataset = as_item_dataset(train_dataset)
         if len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: InterTrain needs at least one training sample")
-        image_size = tuple(train_dataset[0]["pixel_values"].shape[-2:])
+        image_size = self._intertrain_image_size = image_size_of(train_dataset)
 
         # Interpolation: check the model can be split now, not at epoch 2
         self.feature_layout: FeatureLayout | None = None
@@ -609,8 +609,6 @@ class InterTrainTrainer(Trainer):
     @property
     def intertrain_image_size(self) -> tuple[int, int]:
         """The training resolution (height, width), read once from the first training item."""
-        if getattr(self, "_intertrain_image_size", None) is None:
-            self._intertrain_image_size = image_size_of(self.train_dataset)
         return self._intertrain_image_size
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

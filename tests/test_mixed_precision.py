@@ -86,9 +86,8 @@ def test_interpolated_losses_under_cpu_autocast_match_float32(tmp_path, tiny_tra
     torch.testing.assert_close(loss, loss32, rtol=rtol, atol=rtol)
 
 
-def test_fp16_gradscaler_steps_on_an_interpolated_batch(tmp_path, tiny_train_dataset):
-    trainer = _trainer(tmp_path, tiny_train_dataset)
-    inputs = _batch(trainer)
+def _fp16_scaled_step(trainer, inputs):
+    """One fp16-autocast training step through a GradScaler; returns (loss, scaler, parameters before)."""
     optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -98,6 +97,13 @@ def test_fp16_gradscaler_steps_on_an_interpolated_batch(tmp_path, tiny_train_dat
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    return loss, scaler, before
+
+
+def test_fp16_gradscaler_steps_on_an_interpolated_batch(tmp_path, tiny_train_dataset):
+    trainer = _trainer(tmp_path, tiny_train_dataset)
+    inputs = _batch(trainer)
+    loss, scaler, before = _fp16_scaled_step(trainer, inputs)
 
     assert scaler.get_scale() == 2.0**10  # no overflow, so the scale is kept and the step was taken
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
@@ -110,15 +116,7 @@ def test_overflowing_fp16_step_is_skipped_and_its_losses_are_not_recorded(tmp_pa
     inputs = _batch(trainer)
     with torch.no_grad():
         unwrap_timm_model(trainer.model).get_classifier().weight.mul_(1e6)  # fp16 logits overflow to inf
-    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    before = [p.detach().clone() for p in trainer.model.parameters()]
-    trainer.model.train()
-    with torch.autocast("cpu", dtype=torch.float16):
-        loss = trainer.compute_loss(trainer.model, inputs)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    loss, scaler, before = _fp16_scaled_step(trainer, inputs)
 
     assert not torch.isfinite(loss)
     assert scaler.get_scale() < 2.0**10  # the GradScaler skipped the step

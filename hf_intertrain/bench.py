@@ -94,7 +94,7 @@ class SimulatedLosses:
 
 def record_epoch(tracker: AmenabilityTracker, sampler: InterTrainBatchSampler, loss: np.ndarray, correct: np.ndarray) -> float:
     """Record every constituent of the epoch's plan in the trainer's flush chunks; the seconds spent in `record`."""
-    item_a, item_b, _ = sampler.plan
+    item_a, item_b = sampler.plan.item_a, sampler.plan.item_b
     chunk = RECORD_FLUSH_STEPS * sampler.batch_size
     seconds = 0.0
     for start in range(0, item_a.shape[0], chunk):

@@ -12,6 +12,7 @@ from .data import EMBEDDED_DATASET
 from .sampler import AMENABLE_ACTIONS
 
 INTERPOLATIONS = ("randpatch", "linavg", "none")
+FOUR_WAY_COMPOSITES = ("none", "randpatch4", "mosaic4")
 
 
 @dataclass
@@ -82,6 +83,16 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(AMENABLE_ACTIONS),
         },
     )
+    four_way: str = field(
+        default="none",
+        metadata={
+            "help": "4-way composites for the most robust interpolated samples (issue 6): 'randpatch4' (the feature "
+            "grid cut into 4 rectangles at random split points, each showing its own constituent's pixels), "
+            "'mosaic4' (each constituent resized whole into its rectangle) or 'none' (pairs only, the paper). "
+            "Needs interpolation randpatch with split propagation and selective interpolation.",
+            "choices": list(FOUR_WAY_COMPOSITES),
+        },
+    )
     patch_ratio: float = field(
         default=0.5,
         metadata={
@@ -119,6 +130,21 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"amenable_action={self.amenable_action!r} is not supported: use 'interpolate' (InterTrain) or 'skip'"
             )
+        if self.four_way not in FOUR_WAY_COMPOSITES:
+            raise ValueError(
+                f"four_way={self.four_way!r} is not supported: use one of {', '.join(FOUR_WAY_COMPOSITES)}"
+            )
+        if self.four_way != "none" and not (
+            self.interpolation == "randpatch"
+            and self.split_propagation
+            and self.selective_interpolation
+            and self.amenable_action == "interpolate"
+        ):
+            raise ValueError(
+                f"four_way={self.four_way!r} needs interpolation randpatch, split_propagation, selective_interpolation "
+                "and amenable_action interpolate (its constituents are told apart by split propagation and chosen by "
+                "the amenability records): change those or set four_way none"
+            )
         if not 0.0 < self.patch_ratio < 1.0:
             raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")
         regions = self.regions
@@ -137,6 +163,11 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"amenability_regions={self.amenability_regions!r} must be a comma-separated list like '1,3'"
             ) from None
+
+    @property
+    def max_group_size(self) -> int:
+        """Constituents per composite at most: 4 with `four_way`, else 2."""
+        return 2 if self.four_way == "none" else 4
 
     @property
     def interpolates(self) -> bool:

@@ -614,34 +614,43 @@ class SmallImageTransform:
 # ----------------------------------------------------------------------------------------------
 
 
-ItemKey = int | tuple[int, int, float]
+ItemKey = int | tuple[int, int, float] | tuple[int, int, float, int, int]
+
+EXTRA_CONSTITUENTS = ("b", "c", "d")
+"""Key suffixes of the constituents after a: "pixel_values_b", "labels_c", "sample_index_d", ..."""
 
 
-def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int, int, float]:
-    """An int row or an `(a, b, r)` sampler key as `(a, b, r)`, with `b = -1`, `r = 1.0` for a single."""
-    if isinstance(key, Integral):
-        a, b, ratio = int(key), -1, 1.0
+def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int, int, float, int, int]:
+    """An int row, an `(a, b, r)` or an `(a, b, r, c, d)` sampler key as `(a, b, r, c, d)`.
+
+    A single has `b = c = d = -1` and `r = 1.0`; a pair has `c = d = -1`; a 4-way composite has all four rows.
+    """
+    is_int = lambda x: isinstance(x, Integral) and not isinstance(x, bool)  # noqa: E731
+    if is_int(key):
+        a, b, ratio, c, d = int(key), -1, 1.0, -1, -1
     elif (
         isinstance(key, (tuple, list))
-        and len(key) == 3
-        and isinstance(key[0], Integral)
-        and isinstance(key[1], Integral)
+        and len(key) in (3, 5)
+        and all(is_int(x) for i, x in enumerate(key) if i != 2)
         and isinstance(key[2], Real)
     ):
         a, b, ratio = int(key[0]), int(key[1]), float(key[2])
+        c, d = (int(key[3]), int(key[4])) if len(key) == 5 else (-1, -1)
     else:
         raise TypeError(
-            f"dataset keys must be an int row or an (a, b, r) tuple, got {key!r}; use the InterTrain batch sampler or "
-            "a plain sampler"
+            f"dataset keys must be an int row, an (a, b, r) or an (a, b, r, c, d) tuple, got {key!r}; use the "
+            "InterTrain batch sampler or a plain sampler"
         )
-    if not 0 <= a < size or not -1 <= b < size:
+    if not 0 <= a < size or not all(-1 <= x < size for x in (b, c, d)):
         raise IndexError(
             f"item key {key!r} is out of range for split '{split_name}' with {size} rows; rows must lie in [0, {size}) "
             "and b may be -1 for a single"
         )
+    if (c >= 0) != (d >= 0) or (c >= 0 and b < 0):
+        raise ValueError(f"item key {key!r} is neither a pair nor a 4-way composite; give all of b, c, d, or c = d = -1")
     if b >= 0 and not 0.0 <= ratio <= 1.0:
         raise ValueError(f"item key {key!r} has ratio {ratio} outside [0, 1]; r is a's share of the pair")
-    return a, b, ratio
+    return a, b, ratio, c, d
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
@@ -649,8 +658,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     Key `i` (int) -> {"pixel_values", "labels", "sample_index"} of row i.
     Key `(a, b, r)` -> the same for row a, plus, when `b >= 0`, "pixel_values_b", "labels_b",
-    "sample_index_b" and "interp_ratio" = r (a's share, ALGORITHM.md "Operators"). Each
-    constituent is decoded and augmented independently. `__getitems__` fetches all rows of a
+    "sample_index_b" and "interp_ratio" = r (a's share, ALGORITHM.md "Operators"). Key
+    `(a, b, r, c, d)` (a 4-way composite) adds the same three keys with suffixes `_c` and `_d`.
+    Each constituent is decoded and augmented independently. `__getitems__` fetches all rows of a
     batch from Arrow in one call; labels are held in memory as one array.
     """
 
@@ -676,18 +686,22 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: Sequence[ItemKey]) -> list[dict[str, Any]]:
         parsed = [parse_item_key(key, len(self), self.split_name) for key in keys]
-        rows = sorted({row for a, b, _ in parsed for row in (a, b) if row >= 0})
+        rows = sorted({row for a, b, _, c, d in parsed for row in (a, b, c, d) if row >= 0})
         values = dict(zip(rows, self.images[rows][self.image_column]))
         items = []
-        for a, b, ratio in parsed:
+        for a, b, ratio, c, d in parsed:
             item = {"pixel_values": self._pixels(values[a], a), "labels": int(self.labels[a]), "sample_index": a}
+            for suffix, row in zip(EXTRA_CONSTITUENTS, (b, c, d)):
+                if row >= 0:
+                    item.update(
+                        {
+                            f"pixel_values_{suffix}": self._pixels(values[row], row),
+                            f"labels_{suffix}": int(self.labels[row]),
+                            f"sample_index_{suffix}": row,
+                        }
+                    )
             if b >= 0:
-                item.update(
-                    pixel_values_b=self._pixels(values[b], b),
-                    labels_b=int(self.labels[b]),
-                    sample_index_b=b,
-                    interp_ratio=ratio,
-                )
+                item["interp_ratio"] = ratio
             items.append(item)
         return items
 
@@ -696,12 +710,14 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
 
 class InterTrainCollator:
-    """Stack InterTrain items into a batch: pairs first (in their given order), then singles.
+    """Stack InterTrain items into a batch: 4-way composites first, then pairs (each in their given order), then singles.
 
     Always: "pixel_values" [B, 3, H, W], "labels" int64 [B], "sample_index" int64 [B]. When the
     batch holds P > 0 pairs, rows 0..P-1 of those are the pairs' a-constituents and the batch also
     has "pixel_values_b" [P, 3, H, W], "labels_b" int64 [P], "sample_index_b" int64 [P] and
-    "interp_ratio" float32 [P]. A batch without pairs has only the three a-keys, so the same
+    "interp_ratio" float32 [P]. With Q > 0 4-way composites among them (rows 0..Q-1), "pixel_values_c",
+    "labels_c", "sample_index_c" and the same `_d` keys hold their third and fourth constituents ([Q, ...]); their
+    "interp_ratio" is nominal (the shares come with the partition). A batch without pairs has only the three a-keys, so the same
     collator serves evaluation; "sample_index" is left out when the items lack it, as after the
     Trainer's `remove_unused_columns` drops keys the model's `forward` does not take.
     """
@@ -711,7 +727,8 @@ class InterTrainCollator:
             raise ValueError(
                 "InterTrainCollator got an empty batch; the sampler must yield at least one item per batch"
             )
-        pairs = [item for item in features if "pixel_values_b" in item]
+        quads = [item for item in features if "pixel_values_c" in item]
+        pairs = quads + [item for item in features if "pixel_values_b" in item and "pixel_values_c" not in item]
         ordered = pairs + [item for item in features if "pixel_values_b" not in item]
         batch = {
             "pixel_values": torch.stack([item["pixel_values"] for item in ordered]),
@@ -724,6 +741,10 @@ class InterTrainCollator:
             batch["labels_b"] = torch.tensor([item["labels_b"] for item in pairs], dtype=torch.int64)
             batch["sample_index_b"] = torch.tensor([item["sample_index_b"] for item in pairs], dtype=torch.int64)
             batch["interp_ratio"] = torch.tensor([item["interp_ratio"] for item in pairs], dtype=torch.float32)
+        for suffix in EXTRA_CONSTITUENTS[1:] if quads else ():
+            batch[f"pixel_values_{suffix}"] = torch.stack([item[f"pixel_values_{suffix}"] for item in quads])
+            batch[f"labels_{suffix}"] = torch.tensor([item[f"labels_{suffix}"] for item in quads], dtype=torch.int64)
+            batch[f"sample_index_{suffix}"] = torch.tensor([item[f"sample_index_{suffix}"] for item in quads], dtype=torch.int64)
         return batch
 
 
@@ -746,16 +767,20 @@ class ItemDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: Sequence[ItemKey]) -> list[dict[str, Any]]:
         items = []
-        for a, b, ratio in (parse_item_key(key, len(self), "train") for key in keys):
+        for a, b, ratio, c, d in (parse_item_key(key, len(self), "train") for key in keys):
             item = self._row(a)
+            for suffix, row in zip(EXTRA_CONSTITUENTS, (b, c, d)):
+                if row >= 0:
+                    other = self._row(row)
+                    item.update(
+                        {
+                            f"pixel_values_{suffix}": other["pixel_values"],
+                            f"labels_{suffix}": other["labels"],
+                            f"sample_index_{suffix}": row,
+                        }
+                    )
             if b >= 0:
-                row_b = self._row(b)
-                item.update(
-                    pixel_values_b=row_b["pixel_values"],
-                    labels_b=row_b["labels"],
-                    sample_index_b=b,
-                    interp_ratio=ratio,
-                )
+                item["interp_ratio"] = ratio
             items.append(item)
         return items
 
@@ -796,7 +821,10 @@ class BatchSeededDataset(torch.utils.data.Dataset):
     def __getitems__(self, keys: list) -> list[dict[str, Any]]:
         entropy = [self.seed, self.epoch]
         for key in keys:
-            entropy += [int(key[0]), int(key[1]) + 1] if isinstance(key, (tuple, list)) else [int(key)]
+            if isinstance(key, (tuple, list)):
+                entropy += [int(key[0]), int(key[1]) + 1] + [int(x) + 1 for x in key[3:]]
+            else:
+                entropy.append(int(key))
         seeds = np.random.SeedSequence(entropy).generate_state(3)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):

@@ -1,7 +1,9 @@
-"""Batch sampler yielding InterTrain items: singles and interpolated pairs.
+"""Batch sampler yielding InterTrain items: singles, interpolated pairs and 4-way composites.
 
 Implements ALGORITHM.md "Batch plan of an epoch". An item is `(a, b, r)`: a pair interpolates
 samples a and b with a's share r; a single is `(a, -1, 1.0)`, the degenerate pair (a, a, 1).
+A 4-way composite (issue 6) is `(a, b, r, c, d)`: four samples whose shares are drawn with the
+composite's partition on the training device (r = 0.25 is only nominal).
 The plan is a function of (seed, epoch, tracker state) only, so every rank of a distributed
 run draws the same plan, and a resumed run redraws the plan it was in. Knows no model.
 
@@ -30,16 +32,20 @@ class EpochPlan(NamedTuple):
     Attributes:
         item_a: int64 first constituent (or the single's sample).
         item_b: int64 second constituent, -1 for a single.
-        item_r: float32 share of `item_a`; 1.0 for a single.
+        item_r: float32 share of `item_a`; 1.0 for a single, 0.25 (nominal) for a 4-way composite.
+        item_c: int64 third constituent of a 4-way composite, -1 otherwise.
+        item_d: int64 fourth constituent of a 4-way composite, -1 otherwise.
     """
 
     item_a: np.ndarray
     item_b: np.ndarray
     item_r: np.ndarray
+    item_c: np.ndarray
+    item_d: np.ndarray
 
 
 class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
-    """Per epoch: pair a shuffle of S_int, add S_noInt as singles, shuffle the items, batch them.
+    """Per epoch: group and pair a shuffle of S_int, add S_noInt as singles, shuffle the items, batch them.
 
     The draws are made from `torch.Generator().manual_seed(seed + epoch)`: first
     `randperm(|S_int|)` to pair S_int (only when there is something to pair), then
@@ -49,7 +55,14 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
     `transformers.Trainer` uses), so a baseline run sees the same order as a plain Trainer.
 
     The plan is computed lazily by `set_epoch`, `__len__` or `__iter__` and cached until the
-    epoch or the tracker's `revision` changes. `__len__` therefore reflects the tracker state at
+    epoch or the tracker's `revision` changes.
+
+    4-way composites (a tracker with `max_group_size=4`): the members the tracker marks for them
+    are drawn first, with one `randperm` over them (only when there are any), and cut into
+    groups of four; a remainder of 1-3 joins the members to pair, which are then paired as
+    above (sorted, then one `randperm`). Items are ordered 4-way composites, pairs, the odd
+    sample out, S_noInt before the final shuffle. Without marked members the draws are exactly
+    those of the pair-only plan, so pair-only runs are unchanged. `__len__` therefore reflects the tracker state at
     the time it is called. The sampler never advances its epoch by itself: call `set_epoch`
     (transformers' Trainer does so every epoch).
 
@@ -102,6 +115,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         self._plan: EpochPlan | None = None
         self._plan_key: tuple[int, int] | None = None
         self._num_pairs = 0
+        self._num_quads = 0
         self._num_skipped = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,7 +132,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
 
     @property
     def num_items(self) -> int:
-        """Items in the current epoch: N - num_pairs."""
+        """Items in the current epoch: N - num_pairs - 3 * num_quads - num_skipped."""
         return int(self._ensure_plan().item_a.shape[0])
 
     @property
@@ -126,6 +140,12 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         """Interpolated pairs in the current epoch."""
         self._ensure_plan()
         return self._num_pairs
+
+    @property
+    def num_quads(self) -> int:
+        """4-way composites in the current epoch (0 unless the tracker marks samples for them)."""
+        self._ensure_plan()
+        return self._num_quads
 
     @property
     def num_skipped(self) -> int:
@@ -139,12 +159,16 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             return num_items // self.batch_size
         return -(-num_items // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, float]]]:
-        item_a, item_b, item_r = self._ensure_plan()
+    def __iter__(self) -> Iterator[list[tuple]]:
+        item_a, item_b, item_r, item_c, item_d = self._ensure_plan()
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, item_a.shape[0]), self.batch_size):
             end = start + self.batch_size
-            yield list(zip(item_a[start:end].tolist(), item_b[start:end].tolist(), item_r[start:end].tolist()))
+            items = list(zip(item_a[start:end].tolist(), item_b[start:end].tolist(), item_r[start:end].tolist()))
+            if self._num_quads:
+                for i in np.flatnonzero(item_c[start:end] >= 0).tolist():
+                    items[i] = (*items[i], int(item_c[start + i]), int(item_d[start + i]))
+            yield items
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, epoch and settings; the plan itself is recomputed from them and the tracker."""
@@ -182,17 +206,24 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
     def _ensure_plan(self) -> EpochPlan:
         key = (self.epoch, self.tracker.revision)
         if self._plan is None or self._plan_key != key:
-            self._plan, self._num_pairs, self._num_skipped = self._make_plan()
+            self._plan, self._num_pairs, self._num_quads, self._num_skipped = self._make_plan()
             self._plan_key = key
         return self._plan
 
-    def _make_plan(self) -> tuple[EpochPlan, int, int]:
+    def _make_plan(self) -> tuple[EpochPlan, int, int, int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         num_samples = self.tracker.num_samples
         num_skipped = 0
+        quads = np.empty((4, 0), dtype=np.int64)
         if self.interpolate:
             s_int = self.tracker.s_int_indices()
             noint = self.tracker.s_noint_indices()
+            marked = self.tracker.s_int_quad_indices()
+            if marked.size and self.amenable_action == "interpolate":
+                marked = marked[torch.randperm(marked.size, generator=generator).numpy()]
+                num_quads = marked.size // 4
+                quads = marked[: 4 * num_quads].reshape(num_quads, 4).T
+                s_int = np.sort(np.concatenate([self.tracker.s_int_pair_indices(), marked[4 * num_quads :]]))
             if self.amenable_action == "skip":
                 if noint.size == 0:
                     noint = np.arange(num_samples, dtype=np.int64)
@@ -215,22 +246,30 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             pair_r = np.full(num_pairs, self.target_ratio, dtype=np.float32)
         singles = np.concatenate([shuffled[2 * num_pairs :], noint])
 
-        num_items = num_pairs + singles.size
+        num_quads = quads.shape[1]
+        num_groups = num_quads + num_pairs
+        num_items = num_groups + singles.size
         order = torch.randperm(num_items, generator=generator).numpy()
         # Same result as gathering the concatenated items with `order`, with fewer random
         # gathers over tens of millions of entries: singles have b = -1 and r = 1.
-        if shuffled.size == 0:
+        if num_groups == 0:
             item_a = order if singles.size == num_samples else singles[order]
         else:
-            item_a = np.concatenate([pair_a, singles])[order]
+            item_a = np.concatenate([quads[0], pair_a, singles])[order]
         item_b = np.full(num_items, -1, dtype=np.int64)
         item_r = np.ones(num_items, dtype=np.float32)
-        if num_pairs:
-            is_pair = order < num_pairs
-            from_pair = order[is_pair]
-            item_b[is_pair] = pair_b[from_pair]
-            item_r[is_pair] = pair_r[from_pair]
-        return EpochPlan(item_a, item_b, item_r), num_pairs, num_skipped
+        item_c = np.full(num_items, -1, dtype=np.int64)
+        item_d = np.full(num_items, -1, dtype=np.int64)
+        if num_groups:
+            is_group = order < num_groups
+            from_group = order[is_group]
+            item_b[is_group] = np.concatenate([quads[1], pair_b])[from_group]
+            item_r[is_group] = np.concatenate([np.full(num_quads, 0.25, dtype=np.float32), pair_r])[from_group]
+        if num_quads:
+            is_quad = order < num_quads
+            item_c[is_quad] = quads[2][order[is_quad]]
+            item_d[is_quad] = quads[3][order[is_quad]]
+        return EpochPlan(item_a, item_b, item_r, item_c, item_d), num_pairs, num_quads, num_skipped
 
 
 def _check_settings(batch_size: Any, seed: Any, interpolate: Any, adaptive_ratio: Any, target_ratio: Any, drop_last: Any) -> None:

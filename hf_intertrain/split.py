@@ -1,4 +1,4 @@
-"""Split propagation for RandPatch pairs (ALGORITHM.md "Split propagation").
+"""Split propagation for RandPatch pairs and 4-way composites (ALGORITHM.md "Split propagation").
 
 A RandPatch input holds constituent a inside a rectangle of whole feature-grid cells and b
 elsewhere. Split propagation runs the backbone once, then pools each constituent only over
@@ -34,6 +34,8 @@ __all__ = [
     "check_splittable",
     "split_logits",
     "forward_split",
+    "split_logits_by_owner",
+    "forward_split_by_owner",
 ]
 
 _FORMATS = ("NCHW", "NHWC", "NLC")
@@ -313,6 +315,61 @@ def check_splittable(model: nn.Module, image_size: int | tuple[int, int]) -> Fea
     return layout
 
 
+def _rows_and_slots(rows: Tensor, slots: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``rows`` and ``slots`` as long ``[R]`` tensors on ``device``, checked to pair up."""
+    rows = torch.as_tensor(rows, device=device).long()
+    slots = torch.as_tensor(slots, device=device).long()
+    if rows.dim() != 1 or rows.shape != slots.shape:
+        raise ValueError(
+            f"rows and slots must be 1-D and of equal length, got shapes {tuple(rows.shape)} and {tuple(slots.shape)}: "
+            "pass one slot per requested row."
+        )
+    return rows, slots
+
+
+def split_logits_by_owner(
+    model: nn.Module,
+    features: Tensor,
+    owner: Tensor,
+    layout: FeatureLayout,
+    rows: Tensor,
+    slots: Tensor,
+    head: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Logits of any constituent of any item from its own cells (ALGORITHM.md "Split propagation").
+
+    The N-way form of split propagation (pairs, and the 4-way composites of issue 6): output
+    row ``r`` pools item ``rows[r]``'s features over the cells whose owner is ``slots[r]``.
+    One ``forward_head`` call runs on all requested rows; cell weights ``region * h * w / area``
+    make the model's own average pool return the mean over the region, and cells outside it get
+    weight 0, so their gradient from that row is exactly 0. A row whose slot owns no cell gets
+    all-zero weights: finite logits that carry no gradient to the features.
+
+    Args:
+        model: A timm model (or wrapper) whose head average-pools (see ``check_splittable``).
+        features: Output of ``forward_features`` for the batch, in ``layout``.
+        owner: Int ``[B, h, w]``, the slot owning each cell (``operators.quadrant_owner``).
+        layout: From ``infer_feature_layout``.
+        rows: Long ``[R]``, the item of each output row.
+        slots: Long ``[R]``, the slot (constituent) of each output row.
+        head: Callable used instead of the model's ``forward_head`` (see ``split_logits``).
+
+    Returns:
+        Logits ``[R, K]``.
+    """
+    if head is None:
+        head = unwrap_timm_model(model).forward_head
+    batch = features.shape[0]
+    if tuple(owner.shape) != (batch, *layout.grid):
+        raise ValueError(
+            f"owner of shape {tuple(owner.shape)} does not match the features' batch and {layout.grid[0]}x{layout.grid[1]} grid "
+            f"(expected {(batch, *layout.grid)}): build it with quadrant_owner(splits, feature_grid(model, image_size))."
+        )
+    rows, slots = _rows_and_slots(rows, slots, features.device)
+    region = owner.to(features.device)[rows] == slots.view(-1, 1, 1)
+    return head(_weight_grid(features[rows], _region_weights(region), layout))
+
+
 def split_logits(
     model: nn.Module,
     features: Tensor,
@@ -321,14 +378,13 @@ def split_logits(
     rows_b: Tensor | None = None,
     head: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Logits of each constituent from its own cells (ALGORITHM.md "Split propagation").
+    """Logits of each constituent of a RandPatch pair from its own cells (ALGORITHM.md "Split propagation").
 
-    One ``forward_head`` call runs on ``[a-weighted rows; b-weighted rows]``: cell weights
-    ``mask * h * w / area`` make the model's own average pool return the mean over a's cells
-    (resp. b's), and cells outside a region get weight 0, so their gradient from that
-    constituent's logits is exactly 0. Rows with an empty region (e.g. b of a single, whose
-    mask is all True) get all-zero weights: finite logits that carry no gradient to the
-    features; leave them out with ``rows_b`` or give them zero loss weight.
+    ``split_logits_by_owner`` with a as slot 0 (the mask's cells) and b as slot 1: one
+    ``forward_head`` call runs on ``[a-weighted rows; b-weighted rows]``, and each constituent's
+    logits carry gradient only to its own cells. Rows with an empty region (e.g. b of a single,
+    whose mask is all True) get finite logits without gradient; leave them out with ``rows_b``
+    or give them zero loss weight.
 
     Args:
         model: A timm model (or wrapper) whose head average-pools (see ``check_splittable``).
@@ -343,25 +399,23 @@ def split_logits(
     Returns:
         ``(logits_a [B, K], logits_b [len(rows_b), K])``.
     """
-    if head is None:
-        head = unwrap_timm_model(model).forward_head
     batch = features.shape[0]
     if tuple(mask.shape) != (batch, *layout.grid):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not match the features' batch and {layout.grid[0]}x{layout.grid[1]} grid "
             f"(expected {(batch, *layout.grid)}): draw masks with cell_rectangle_masks(batch, feature_grid(model, image_size))."
         )
-    mask = mask.to(device=features.device, dtype=torch.bool)
+    device = features.device
     if rows_b is None:
-        rows_b = torch.arange(batch, device=features.device)
+        rows_b = torch.arange(batch, device=device)
     elif rows_b.dtype == torch.bool:
-        rows_b = rows_b.to(features.device).nonzero().squeeze(1)
+        rows_b = rows_b.to(device).nonzero().squeeze(1)
     else:
-        rows_b = rows_b.to(device=features.device, dtype=torch.long)
-
-    weighted_a = _weight_grid(features, _region_weights(mask), layout)
-    weighted_b = _weight_grid(features[rows_b], _region_weights(~mask[rows_b]), layout)
-    logits = head(torch.cat([weighted_a, weighted_b]))
+        rows_b = rows_b.to(device=device, dtype=torch.long)
+    owner = (~mask.to(device=device, dtype=torch.bool)).long()
+    rows = torch.cat([torch.arange(batch, device=device), rows_b])
+    slots = torch.cat([torch.zeros(batch, dtype=torch.long, device=device), torch.ones_like(rows_b)])
+    logits = split_logits_by_owner(model, features, owner, layout, rows, slots, head=head)
     return logits[:batch], logits[batch:]
 
 
@@ -378,6 +432,84 @@ def _logits_of(output: object) -> Tensor:
     raise ValueError(f"cannot find logits in a model output of type {type(output).__name__}: return a tensor or an object with .logits.")
 
 
+def _forward_with_split_head(
+    model: nn.Module,
+    pixel_values: Tensor,
+    grid_of: Tensor,
+    what: str,
+    fix: str,
+    split: Callable[[nn.Module, Tensor, FeatureLayout, Callable[[Tensor], Tensor]], Tensor],
+) -> Tensor:
+    """Run ``model(pixel_values)`` once with the timm model's ``forward_head`` replaced by ``split``.
+
+    The call goes through ``model``'s own ``__call__`` (so DDP's gradient synchronisation,
+    accelerate's autocast and output casting, and TimmWrapperForImageClassification all stay in
+    effect); the swap holds for this call only and is undone also on errors. Inside, the layout
+    is inferred from the features and ``grid_of``'s ``[B, h, w]`` grid is checked against it
+    (the error names ``what`` and ends with ``fix``) before ``split`` computes the rows' logits.
+    """
+    timm_model = unwrap_timm_model(model)
+    image_size = (pixel_values.shape[-2], pixel_values.shape[-1])
+    own_head = timm_model.__dict__.get("forward_head")
+    original_head = timm_model.forward_head
+    num_rows: list[int] = []
+
+    def split_head(features: Tensor, pre_logits: bool = False) -> Tensor:
+        layout = infer_feature_layout(timm_model, features, image_size)
+        if tuple(grid_of.shape[1:]) != layout.grid:
+            raise ValueError(
+                f"{what} grid {tuple(grid_of.shape[1:])} does not match the feature grid {layout.grid} of "
+                f"{_model_name(timm_model)} at {image_size[0]}x{image_size[1]}: {fix}"
+            )
+        logits = split(timm_model, features, layout, lambda x: original_head(x, pre_logits=pre_logits))
+        num_rows.append(logits.shape[0])
+        return logits
+
+    timm_model.forward_head = split_head
+    try:
+        logits = _logits_of(model(pixel_values))
+    finally:
+        if own_head is None:
+            del timm_model.forward_head
+        else:
+            timm_model.forward_head = own_head
+    if len(num_rows) != 1:
+        raise ValueError(
+            f"{_model_name(timm_model)}'s forward called forward_head {len(num_rows)} times (expected once): "
+            "split propagation needs forward(x) = forward_head(forward_features(x)); set split_propagation false."
+        )
+    return logits[: num_rows[0]]
+
+
+def forward_split_by_owner(model: nn.Module, pixel_values: Tensor, owner: Tensor, rows: Tensor, slots: Tensor) -> Tensor:
+    """Forward a batch of N-way composites once and return the requested constituents' logits.
+
+    ``forward_features`` runs once through ``model``'s own ``__call__`` with ``forward_head``
+    swapped, for this call only, for ``split_logits_by_owner`` (see ``forward_split``; the
+    model's forward must call ``self.forward_head``, as every timm model's does).
+
+    Args:
+        model: timm model, TimmWrapperForImageClassification, or a DDP/accelerate wrapper of either.
+        pixel_values: ``[B, 3, H, W]`` composites (``operators.randpatch4`` / ``operators.mosaic4``).
+        owner: Int ``[B, h, w]`` on the feature grid, the slot owning each cell (``operators.quadrant_owner``).
+        rows: Long ``[R]``, the item of each output row.
+        slots: Long ``[R]``, the slot of each output row.
+
+    Returns:
+        Logits ``[R, K]``.
+    """
+    return _forward_with_split_head(
+        model,
+        pixel_values,
+        owner,
+        "owner",
+        "build it with quadrant_owner(splits, feature_grid(model, image_size)).",
+        lambda timm_model, features, layout, head: split_logits_by_owner(
+            timm_model, features, owner, layout, rows, slots, head=head
+        ),
+    )
+
+
 def forward_split(
     model: nn.Module,
     pixel_values: Tensor,
@@ -386,12 +518,12 @@ def forward_split(
 ) -> tuple[Tensor, Tensor]:
     """Forward a RandPatch batch once and return each constituent's logits.
 
-    The call goes through ``model``'s own ``__call__`` (so DDP's gradient synchronisation,
-    accelerate's autocast and output casting, and TimmWrapperForImageClassification all stay
-    in effect) while the timm model's ``forward_head`` is temporarily replaced, for this call
-    only, by the split head: ``forward_features`` runs once, the layout is inferred from its
-    output, the mask is checked against the grid, then ``split_logits`` runs. The model's
-    forward must call ``self.forward_head``, as every timm model's does.
+    The pair form of ``forward_split_by_owner``, sharing its single call: ``forward_features``
+    runs once through ``model``'s own ``__call__`` (so DDP's gradient synchronisation,
+    accelerate's autocast and output casting, and TimmWrapperForImageClassification all stay in
+    effect) while the timm model's ``forward_head`` is replaced, for this call only, by the split
+    head, which infers the layout, checks the mask against the grid and runs ``split_logits``.
+    The model's forward must call ``self.forward_head``, as every timm model's does.
 
     With an all-True mask, ``logits_a`` equals the model's ordinary logits.
 
@@ -404,37 +536,12 @@ def forward_split(
     Returns:
         ``(logits_a [B, K], logits_b [len(rows_b), K])``.
     """
-    timm_model = unwrap_timm_model(model)
-    image_size = (pixel_values.shape[-2], pixel_values.shape[-1])
-    own_head = timm_model.__dict__.get("forward_head")
-    original_head = timm_model.forward_head
-    batch_sizes: list[tuple[int, int]] = []
-
-    def split_head(features: Tensor, pre_logits: bool = False) -> Tensor:
-        layout = infer_feature_layout(timm_model, features, image_size)
-        if tuple(mask.shape[1:]) != layout.grid:
-            raise ValueError(
-                f"mask grid {tuple(mask.shape[1:])} does not match the feature grid {layout.grid} of "
-                f"{_model_name(timm_model)} at {image_size[0]}x{image_size[1]}: draw masks with feature_grid(model, image_size)."
-            )
-        logits_a, logits_b = split_logits(
-            timm_model, features, mask, layout, rows_b, head=lambda x: original_head(x, pre_logits=pre_logits)
-        )
-        batch_sizes.append((logits_a.shape[0], logits_b.shape[0]))
-        return torch.cat([logits_a, logits_b])
-
-    timm_model.forward_head = split_head
-    try:
-        logits = _logits_of(model(pixel_values))
-    finally:
-        if own_head is None:
-            del timm_model.forward_head
-        else:
-            timm_model.forward_head = own_head
-    if len(batch_sizes) != 1:
-        raise ValueError(
-            f"{_model_name(timm_model)}'s forward called forward_head {len(batch_sizes)} times (expected once): "
-            "split propagation needs forward(x) = forward_head(forward_features(x)); set split_propagation false."
-        )
-    num_a, num_b = batch_sizes[0]
-    return logits[:num_a], logits[num_a : num_a + num_b]
+    logits = _forward_with_split_head(
+        model,
+        pixel_values,
+        mask,
+        "mask",
+        "draw masks with feature_grid(model, image_size).",
+        lambda timm_model, features, layout, head: torch.cat(split_logits(timm_model, features, mask, layout, rows_b, head=head)),
+    )
+    return logits[: mask.shape[0]], logits[mask.shape[0] :]

@@ -4,6 +4,9 @@ Implements ALGORITHM.md "Selective interpolation" and "Adaptive interpolation". 
 correctness go in through `record`, decisions come out of `end_epoch`. Everything is a numpy
 array of length N, so ImageNet-21k sized datasets (14M samples) cost a few hundred MB and
 `end_epoch` is a handful of vectorised passes. It knows no model, no torch and no Trainer.
+
+Beyond pairs (issue 6): with `max_group_size=4` the tracker also decides which S_int members
+go into 4-way composites instead of pairs (see `AmenabilityTracker`, "Four-way selection").
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ REGION_3 = 3
 """In S_int because its loss was in Region 3 (l > L_incorr) and increased."""
 
 _VALID_REGIONS = (1, 3)
+_GROUP_SIZES = (2, 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,8 @@ class EpochSummary:
         l_incorr: L_incorr used for the decision, NaN when undefined.
         l_mid: L_mid used for the decision, NaN when undefined.
         next_interpolated: |S_int(epoch + 1)|.
+        num_in_quads: S_int members of that epoch marked for 4-way composites (0 with pairs only).
+        next_in_quads: Members of S_int(epoch + 1) marked for 4-way composites.
     """
 
     epoch: int
@@ -53,6 +59,8 @@ class EpochSummary:
     l_incorr: float
     l_mid: float
     next_interpolated: int
+    num_in_quads: int = 0
+    next_in_quads: int = 0
 
     def to_dict(self) -> dict[str, int | float]:
         """Plain Python values, ready for `Trainer.log` or JSON (NaN stays NaN)."""
@@ -87,14 +95,36 @@ class AmenabilityTracker:
       is in S_int in every epoch, epoch 0 included, with reason code `NAIVE`; no S_noInt
       observation exists, so the averages stay undefined.
 
+    Four-way selection (`max_group_size=4`, issue 6). Pairs are the paper's first step of
+    interpolation; a 4-way composite shows each constituent on about a quarter of the input, a
+    harder test. The rule climbs the same ladder one rung higher, with the thresholds the
+    method already has and no new hyper-parameter:
+
+    - A sample enters a 4-way composite for epoch E + 1 only if it was interpolated in epoch E
+      because of Region 1 (as a pair or a 4-way constituent), stays in Region 1, and its
+      recorded *interpolated* loss is below L_corr, the average loss of correctly classified
+      non-interpolated samples: interpolated, it is still as easy as a typical sample that
+      the network gets right without interpolation. New Region-1 entrants (from S_noInt)
+      and Region-3 members always start as pairs.
+    - A 4-way member whose loss rises to [L_corr, L_mid) goes back to pairs (still Region 1);
+      at L_mid or above it leaves S_int like any Region-1 member (the paper's rule).
+    So a sample needs two epochs of evidence (non-interpolated, then interpolated) before it
+    is interpolated 4 ways, and every demotion is one rung at a time, except that the paper's
+    own Region-1 exit applies unchanged. Which marked samples are actually grouped by four is
+    the sampler's business (a remainder of fewer than four is paired).
+
     Args:
         num_samples: Number of samples N in the training set; indices are 0 .. N-1.
         selective: False for naive interpolation of every sample in every epoch.
         regions: Regions that may admit S_noInt samples into S_int: (1, 3) is the full method,
             (1,) the "Region 1 only" ablation.
+        max_group_size: 2 for pairs only (the paper); 4 to also mark samples for 4-way
+            composites (see "Four-way selection"). Needs `selective=True`.
     """
 
-    def __init__(self, num_samples: int, selective: bool = True, regions: tuple[int, ...] = (1, 3)):
+    def __init__(
+        self, num_samples: int, selective: bool = True, regions: tuple[int, ...] = (1, 3), max_group_size: int = 2
+    ):
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}; pass len(train_dataset).")
         if not isinstance(selective, (bool, np.bool_)):
@@ -105,15 +135,21 @@ class AmenabilityTracker:
             raise ValueError(f"regions must be a tuple of ints, got {regions!r}; pass (1, 3) or (1,).") from None
         if not regions_t or len(set(regions_t)) != len(regions_t) or not set(regions_t) <= set(_VALID_REGIONS):
             raise ValueError(f"regions must be a non-empty subset of {_VALID_REGIONS} without repeats, got {regions!r}; pass (1, 3) or (1,).")
+        if isinstance(max_group_size, bool) or max_group_size not in _GROUP_SIZES:
+            raise ValueError(f"max_group_size must be 2 or 4, got {max_group_size!r}; pass 2 (pairs, the paper) or 4 (4-way composites).")
+        if max_group_size == 4 and not selective:
+            raise ValueError("max_group_size=4 needs selective=True: 4-way composites are chosen from the amenability records; use selective interpolation or pairs.")
         self.num_samples = int(num_samples)
         self.selective = bool(selective)
         self.regions = regions_t
+        self.max_group_size = int(max_group_size)
         self.epoch = 0
         self._revision = 0
         n = self.num_samples
         self._reason = np.full(n, NOT_INTERPOLATED if self.selective else NAIVE, dtype=np.int8)
         self._last_loss = np.full(n, np.nan, dtype=np.float32)
         self._prev_noint_loss = np.full(n, np.nan, dtype=np.float32)
+        self._quad = np.zeros(n, dtype=np.bool_)
         # Pooled S_noInt observations of completed epochs: index 0 correct, 1 incorrect.
         self._pooled_sum = np.zeros(2, dtype=np.float64)
         self._pooled_count = np.zeros(2, dtype=np.int64)
@@ -153,6 +189,19 @@ class AmenabilityTracker:
     def s_int_indices(self) -> np.ndarray:
         """Sorted int64 indices of S_int(current epoch)."""
         return np.flatnonzero(self._reason != NOT_INTERPOLATED).astype(np.int64, copy=False)
+
+    @property
+    def in_quads(self) -> np.ndarray:
+        """Read-only bool per sample: S_int member marked for a 4-way composite this epoch."""
+        return _read_only(self._quad)
+
+    def s_int_quad_indices(self) -> np.ndarray:
+        """Sorted int64 indices of the S_int members marked for 4-way composites."""
+        return np.flatnonzero(self._quad).astype(np.int64, copy=False)
+
+    def s_int_pair_indices(self) -> np.ndarray:
+        """Sorted int64 indices of the S_int members to pair (S_int minus the 4-way members)."""
+        return np.flatnonzero((self._reason != NOT_INTERPOLATED) & ~self._quad).astype(np.int64, copy=False)
 
     def s_noint_indices(self) -> np.ndarray:
         """Sorted int64 indices of S_noInt(current epoch)."""
@@ -278,6 +327,7 @@ class AmenabilityTracker:
         defined = not math.isnan(l_mid)
         counts = [0, 0, 0]
         next_reason = np.full(n, NOT_INTERPOLATED if self.selective else NAIVE, dtype=np.int8)
+        next_quad = np.zeros(n, dtype=np.bool_)
         if defined:
             in_r1 = loss < l_mid  # NaN (unrecorded) compares False everywhere.
             in_r3 = loss > l_incorr
@@ -288,6 +338,8 @@ class AmenabilityTracker:
             if self.selective and 1 in self.regions:
                 # S_noInt admitted by Region 1, and Region-1 members that stay below L_mid.
                 next_reason[in_r1 & (was_noint | (reason == REGION_1))] = REGION_1
+                if self.max_group_size == 4 and not math.isnan(l_corr):
+                    next_quad = (reason == REGION_1) & (next_reason == REGION_1) & (loss < l_corr)
             if self.selective and 3 in self.regions:
                 increased = loss > self._prev_noint_loss  # Unknown previous loss: False.
                 next_reason[in_r3 & was_noint & increased] = REGION_3
@@ -311,8 +363,11 @@ class AmenabilityTracker:
             l_incorr=l_incorr,
             l_mid=l_mid,
             next_interpolated=n - int(np.count_nonzero(next_reason == NOT_INTERPOLATED)),
+            num_in_quads=int(np.count_nonzero(self._quad)),
+            next_in_quads=int(np.count_nonzero(next_quad)),
         )
         self._reason = next_reason
+        self._quad = next_quad
         self._loss_sum.fill(0)
         self._correct_count.fill(0)
         self._count.fill(0)
@@ -333,8 +388,10 @@ class AmenabilityTracker:
             "num_samples": np.array([self.num_samples], dtype=np.int64),
             "selective": np.array([self.selective], dtype=np.bool_),
             "regions": np.array(self.regions, dtype=np.int64),
+            "max_group_size": np.array([self.max_group_size], dtype=np.int64),
             "epoch": np.array([self.epoch], dtype=np.int64),
             "reason": self._reason.copy(),
+            "in_quads": self._quad.copy(),
             "last_loss": self._last_loss.copy(),
             "prev_noint_loss": self._prev_noint_loss.copy(),
             "pooled_sum": self._pooled_sum.copy(),
@@ -350,6 +407,8 @@ class AmenabilityTracker:
         Raises:
             ValueError: When a key is missing, or num_samples, selective or regions differ.
         """
+        # States saved before 4-way composites existed: pairs only.
+        state = {"max_group_size": np.array([2]), "in_quads": np.zeros(self.num_samples, dtype=np.bool_), **state}
         missing = sorted(set(self.state_dict()) - set(state))
         if missing:
             raise ValueError(f"tracker state is missing {missing}; load a state saved by AmenabilityTracker.state_dict().")
@@ -360,8 +419,11 @@ class AmenabilityTracker:
         regions = tuple(int(r) for r in np.asarray(state["regions"]).reshape(-1))
         if selective != self.selective or regions != self.regions:
             raise ValueError(f"tracker state has selective={selective}, regions={regions} but this tracker has selective={self.selective}, regions={self.regions}; resume with the same interpolation settings.")
+        max_group_size = int(np.asarray(state["max_group_size"]).reshape(-1)[0])
+        if max_group_size != self.max_group_size:
+            raise ValueError(f"tracker state has max_group_size={max_group_size} but this tracker has {self.max_group_size}; resume with the same four_way setting.")
         per_sample = {
-            "reason": np.int8, "last_loss": np.float32, "prev_noint_loss": np.float32,
+            "reason": np.int8, "in_quads": np.bool_, "last_loss": np.float32, "prev_noint_loss": np.float32,
             "epoch_loss_sum": np.float32, "epoch_correct_count": np.int32, "epoch_count": np.int32,
         }
         for key in per_sample:
@@ -372,6 +434,7 @@ class AmenabilityTracker:
                 raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected (2,); the checkpoint is corrupt, start a new run.")
         self.epoch = int(np.asarray(state["epoch"]).reshape(-1)[0])
         self._reason = np.array(state["reason"], dtype=np.int8)
+        self._quad = np.array(state["in_quads"], dtype=np.bool_) & (self._reason != NOT_INTERPOLATED)
         self._last_loss = np.array(state["last_loss"], dtype=np.float32)
         self._prev_noint_loss = np.array(state["prev_noint_loss"], dtype=np.float32)
         self._pooled_sum = np.array(state["pooled_sum"], dtype=np.float64)

@@ -35,13 +35,13 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .config import InterTrainArguments
-from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
+from .data import EXTRA_CONSTITUENTS, BatchSeededDataset, InterTrainCollator, as_item_dataset
 from .hub import image_size_of, make_loadable, resolve_repo_id
 from .model_card import card_facts, write_model_card
-from .operators import cell_rectangle_masks, linavg, randpatch
+from .operators import cell_rectangle_masks, linavg, mosaic4, quadrant_owner, quadrant_splits, randpatch, randpatch4
 from .sampler import InterTrainBatchSampler
 from .schedule import EpochProgress, follow_epoch_progress
-from .split import FeatureLayout, check_splittable, feature_grid, forward_split, unwrap_timm_model
+from .split import FeatureLayout, check_splittable, feature_grid, forward_split_by_owner, unwrap_timm_model
 from .tracker import AmenabilityTracker
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class InterTrainTrainer(Trainer):
     `intertrain/interpolated_fraction`, `intertrain/items`, `intertrain/pairs`, `intertrain/skipped` (items + pairs +
     skipped == N always; skipped is 0 unless `amenable_action="skip"`), `intertrain/region_1..3`,
     `intertrain/next_interpolated`, `intertrain/nonfinite_losses` and `intertrain/epoch_seconds` (training time of
-    the epoch on the main process, evaluation excluded). All but the seconds are global: the same on every process
+    the epoch on the main process, evaluation excluded). With `four_way` also `intertrain/composites_4` (4-way
+    composites; items + pairs + 3 * composites_4 + skipped == N), `intertrain/constituents_per_item` and
+    `intertrain/next_in_quads`. All but the seconds are global: the same on every process
     of a distributed run.
 
     Distributed runs (`accelerate launch`, see `recipes/accelerate/`): every process computes the same epoch plan
@@ -169,10 +171,15 @@ class InterTrainTrainer(Trainer):
             else:
                 self.feature_grid = feature_grid(timm_model, image_size)
             cell_rectangle_masks(1, self.feature_grid, args.patch_ratio)
+            if args.four_way != "none":
+                quadrant_splits(1, self.feature_grid)
 
         # Tracker and sampler
         self.tracker = AmenabilityTracker(
-            len(train_dataset), selective=args.selective_interpolation, regions=args.regions
+            len(train_dataset),
+            selective=args.selective_interpolation,
+            regions=args.regions,
+            max_group_size=args.max_group_size,
         )
         self.intertrain_sampler = InterTrainBatchSampler(
             self.tracker,
@@ -245,46 +252,76 @@ class InterTrainTrainer(Trainer):
             loss = F.cross_entropy(logits.float(), inputs["labels"])
             return (loss, {"logits": logits}) if return_outputs else loss
 
-        x_a, y_a, index_a = inputs["pixel_values"], inputs["labels"], inputs["sample_index"]
-        x_b = inputs.get("pixel_values_b")
-        num_pairs = 0 if x_b is None else x_b.shape[0]
-        ratio = torch.ones(x_a.shape[0], device=x_a.device, dtype=torch.float32)
-        cell_mask = None
-        if num_pairs:
-            if self.args.interpolation == "linavg":
-                pair_ratio = inputs["interp_ratio"].float()
-                mixed = linavg(x_a[:num_pairs], x_b, pair_ratio)
-            else:
-                pair_mask = cell_rectangle_masks(
-                    num_pairs, self.feature_grid, self.args.patch_ratio, generator=self._next_mask_generator()
-                ).to(x_a.device)
-                mixed, pair_ratio = randpatch(x_a[:num_pairs], x_b, pair_mask)
-                if self.feature_layout is not None:
-                    cell_mask = torch.ones((x_a.shape[0], *self.feature_grid), dtype=torch.bool, device=x_a.device)
-                    cell_mask[:num_pairs] = pair_mask
-            pixel_values = torch.cat([mixed, x_a[num_pairs:]])
-            ratio = torch.cat([pair_ratio.to(ratio), ratio[num_pairs:]])
-        else:
+        x_a, index_a = inputs["pixel_values"], inputs["sample_index"]
+        x_b, x_c = inputs.get("pixel_values_b"), inputs.get("pixel_values_c")
+        batch = x_a.shape[0]
+        num_groups = 0 if x_b is None else x_b.shape[0]  # Rows 0..G-1: 4-way composites, then pairs.
+        num_quads = 0 if x_c is None else x_c.shape[0]
+        num_pairs = num_groups - num_quads
+        ones = torch.ones(batch, device=x_a.device, dtype=torch.float32)
+        shares = [ones]  # Per slot a, b, c, d: each constituent's share r_i of its item (eq. 2, sum_i r_i L_i).
+        owner = None
+        if not num_groups:
             pixel_values = x_a
-
-        if cell_mask is not None:
-            rows_b = torch.arange(num_pairs, device=x_a.device)
-            logits_a, logits_b = forward_split(model, pixel_values, cell_mask, rows_b=rows_b)
+        elif self.args.interpolation == "linavg":
+            pair_ratio = inputs["interp_ratio"].float()
+            pixel_values = torch.cat([linavg(x_a[:num_groups], x_b, pair_ratio), x_a[num_groups:]])
+            shares = [torch.cat([pair_ratio, ones[num_groups:]]), 1 - pair_ratio]
         else:
-            logits = self._logits(model, pixel_values)
-            logits_a, logits_b = logits, logits[:num_pairs]
+            pixel_values, shares, owner = self._composites(inputs, num_quads, num_pairs)
 
-        loss_a = F.cross_entropy(logits_a.float(), y_a, reduction="none")
-        item_loss = ratio * loss_a
-        records = [(index_a, loss_a, logits_a.argmax(-1) == y_a)]
-        if num_pairs:
-            y_b = inputs["labels_b"]
-            loss_b = F.cross_entropy(logits_b.float(), y_b, reduction="none")
-            item_loss = item_loss + F.pad((1 - ratio[:num_pairs]) * loss_b, (0, x_a.shape[0] - num_pairs))
-            records.append((inputs["sample_index_b"], loss_b, logits_b.argmax(-1) == y_b))
+        if owner is not None:
+            sizes = (batch, num_groups, num_quads, num_quads)
+            rows = torch.cat([torch.arange(n, device=x_a.device) for n in sizes])
+            slots = torch.cat([torch.full((n,), k, device=x_a.device) for k, n in enumerate(sizes)])
+            logits = forward_split_by_owner(model, pixel_values, owner, rows, slots).split(sizes)[: len(shares)]
+        else:
+            full = self._logits(model, pixel_values)
+            logits = [full, full[:num_groups]][: len(shares)]
+
+        suffixes = ("",) + tuple(f"_{s}" for s in EXTRA_CONSTITUENTS)
+        item_loss = torch.zeros(batch, device=x_a.device, dtype=torch.float32)
+        records = []
+        for suffix, share, slot_logits in zip(suffixes, shares, logits):
+            labels = inputs[f"labels{suffix}"]
+            loss = F.cross_entropy(slot_logits.float(), labels, reduction="none")
+            item_loss = item_loss + F.pad(share * loss, (0, batch - share.shape[0]))
+            records.append((inputs[f"sample_index{suffix}"], loss, slot_logits.argmax(-1) == labels))
         self._record(records)
         loss = item_loss.mean()
-        return (loss, {"logits": logits_a}) if return_outputs else loss
+        return (loss, {"logits": logits[0]}) if return_outputs else loss
+
+    def _composites(
+        self, inputs: dict[str, torch.Tensor], num_quads: int, num_pairs: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """RandPatch pairs and 4-way composites of a batch (rows: composites, pairs, singles).
+
+        Returns the inputs, each slot's shares (a for every row, b for composites and pairs, c and d for
+        composites) and, with split propagation, the owning slot of every feature-grid cell. The pair rectangles are
+        drawn before the composites' split points, so a batch without composites draws exactly what pairs-only does.
+        """
+        x_a, x_b = inputs["pixel_values"], inputs["pixel_values_b"]
+        device, grid, num_groups = x_a.device, self.feature_grid, num_quads + num_pairs
+        generator = self._next_mask_generator()
+        pair_mask = cell_rectangle_masks(num_pairs, grid, self.args.patch_ratio, generator=generator).to(device)
+        mixed, pair_ratio = randpatch(x_a[num_quads:num_groups], x_b[num_quads:], pair_mask)
+        share_a = torch.ones(x_a.shape[0], device=device, dtype=torch.float32)
+        share_a[num_quads:num_groups] = pair_ratio
+        shares = [share_a, 1 - share_a[:num_groups]]
+        owner = None
+        if self.feature_layout is not None:
+            owner = torch.zeros((x_a.shape[0], *grid), dtype=torch.long, device=device)
+            owner[num_quads:num_groups] = (~pair_mask).long()
+        if num_quads:
+            splits = quadrant_splits(num_quads, grid, generator=generator).to(device)
+            compose = randpatch4 if self.args.four_way == "randpatch4" else mosaic4
+            constituents = [x_a[:num_quads], x_b[:num_quads], inputs["pixel_values_c"], inputs["pixel_values_d"]]
+            mixed_quads, quad_ratio = compose(constituents, splits, grid)
+            mixed = torch.cat([mixed_quads, mixed])
+            share_a[:num_quads] = quad_ratio[:, 0]
+            shares = [share_a, torch.cat([quad_ratio[:, 1], 1 - pair_ratio]), quad_ratio[:, 2], quad_ratio[:, 3]]
+            owner[:num_quads] = quadrant_owner(splits, grid).to(device)
+        return torch.cat([mixed, x_a[num_groups:]]), shares, owner
 
     def _logits(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits through the (possibly DDP-wrapped) model's own forward, whatever the wrapper class returns."""
@@ -391,7 +428,7 @@ class InterTrainTrainer(Trainer):
         self._nonfinite_losses = 0
         num_samples = len(self.train_dataset)
         sampler = self.intertrain_sampler  # read before end_epoch, which makes it plan the next membership
-        items, pairs, skipped = sampler.num_items, sampler.num_pairs, sampler.num_skipped
+        items, pairs, quads, skipped = sampler.num_items, sampler.num_pairs, sampler.num_quads, sampler.num_skipped
         summary = self.tracker.end_epoch()
         self._check_ranks_agree()
         seconds = time.perf_counter() - self._epoch_started_at  # planning and the decision count, like the paper's
@@ -401,7 +438,7 @@ class InterTrainTrainer(Trainer):
                 "training) and were not recorded; their samples are trained without interpolation next epoch"
             )
         stats = {
-            "intertrain/interpolated_fraction": 2 * pairs / num_samples,
+            "intertrain/interpolated_fraction": (2 * pairs + 4 * quads) / num_samples,
             "intertrain/items": float(items),
             "intertrain/pairs": float(pairs),
             "intertrain/skipped": float(skipped),
@@ -412,6 +449,10 @@ class InterTrainTrainer(Trainer):
             "intertrain/nonfinite_losses": float(nonfinite),
             "intertrain/epoch_seconds": seconds,
         }
+        if self.args.four_way != "none":
+            stats["intertrain/composites_4"] = float(quads)
+            stats["intertrain/constituents_per_item"] = (num_samples - skipped) / max(1, items)
+            stats["intertrain/next_in_quads"] = float(summary.next_in_quads)
         self.intertrain_history.append({"epoch": summary.epoch, **stats})
         self.log(dict(stats))
         if self._rng_state_to_restore is not None:
@@ -445,6 +486,7 @@ class InterTrainTrainer(Trainer):
             [
                 np.count_nonzero(interpolated),
                 np.flatnonzero(interpolated).sum(dtype=np.float64),
+                np.flatnonzero(self.tracker.in_quads).sum(dtype=np.float64),
                 l_corr,
                 l_incorr,
                 np.nansum(self.tracker.last_loss, dtype=np.float64),
@@ -473,6 +515,7 @@ class InterTrainTrainer(Trainer):
             "amenability_regions": list(args.regions),
             "amenable_action": args.amenable_action,
             "patch_ratio": args.patch_ratio,
+            "four_way": args.four_way,
         }
 
     def _plan_layout(self) -> dict[str, Any]:

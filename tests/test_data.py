@@ -557,3 +557,45 @@ def test_plain_dataset_wrapped_for_item_keys_serves_pairs():
     assert (item["labels"], item["labels_b"], item["sample_index_b"], item["interp_ratio"]) == (1, 0, 2, 0.6)
     assert torch.equal(item["pixel_values_b"], torch.full((3, 2, 2), 2.0))
     assert as_item_dataset(dataset) is dataset
+
+
+# ----------------------------------------------------------------------------------------------
+# 4-way composites (issue 6)
+# ----------------------------------------------------------------------------------------------
+
+
+def quad(a: int, b: int, c: int, d: int) -> dict:
+    item = pair(a, b, 0.25)
+    for suffix, row in (("c", c), ("d", d)):
+        item.update({f"pixel_values_{suffix}": torch.full((3, 4, 4), float(row)), f"labels_{suffix}": row % 3, f"sample_index_{suffix}": row})
+    return item
+
+
+def test_five_tuple_key_gives_all_four_constituents():
+    dataset = flat_dataset([noise_image(i) for i in range(5)], [0, 1, 2, 0, 1])
+
+    item = dataset[(4, 0, 0.25, 3, 1)]
+
+    assert [item[f"sample_index{s}"] for s in ("", "_b", "_c", "_d")] == [4, 0, 3, 1]
+    assert [item[f"labels{s}"] for s in ("", "_b", "_c", "_d")] == [1, 0, 0, 1]
+    assert torch.equal(item["pixel_values_c"], dataset[3]["pixel_values"])
+    wrapped = as_item_dataset([dataset[i] for i in range(5)])
+    assert wrapped[(4, 0, 0.25, 3, 1)]["sample_index_d"] == 1 and torch.equal(wrapped[(4, 0, 0.25, 3, 1)]["pixel_values_d"], dataset[1]["pixel_values"])
+
+
+@pytest.mark.parametrize("key", [(0, -1, 1.0, 1, 2), (0, 1, 0.25, 2, -1), (0, 1, 0.25, 2)])
+def test_malformed_four_way_keys_are_rejected(key):
+    dataset = flat_dataset([noise_image(i) for i in range(3)], [0, 1, 2])
+    with pytest.raises((ValueError, TypeError), match="4-way composite|tuple"):
+        dataset[key]
+
+
+def test_collator_puts_four_way_composites_first_then_pairs_then_singles():
+    batch = InterTrainCollator()([single(7, 1), pair(3, 9, 0.25), quad(10, 11, 12, 13), single(5, 2)])
+
+    assert batch["sample_index"].tolist() == [10, 3, 7, 5]
+    assert batch["sample_index_b"].tolist() == [11, 9]
+    assert batch["sample_index_c"].tolist() == [12] and batch["sample_index_d"].tolist() == [13]
+    assert batch["labels_c"].tolist() == [0] and batch["labels_d"].tolist() == [1]
+    assert batch["pixel_values_c"].shape == (1, 3, 4, 4) and batch["pixel_values_d"][:, 0, 0, 0].tolist() == [13.0]
+    assert set(InterTrainCollator()([pair(3, 9, 0.5)])) == {"pixel_values", "labels", "sample_index", "pixel_values_b", "labels_b", "sample_index_b", "interp_ratio"}

@@ -4,8 +4,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from hf_intertrain.operators import cell_rectangle_masks, linavg, randpatch, upsample_cell_mask
+from hf_intertrain.operators import (
+    cell_rectangle_masks,
+    linavg,
+    mosaic4,
+    quadrant_owner,
+    quadrant_splits,
+    randpatch,
+    randpatch4,
+    upsample_cell_mask,
+)
 
 
 def _images(batch: int, seed: int, size: int = 8) -> torch.Tensor:
@@ -146,3 +156,133 @@ def test_mask_sizes_and_positions_are_drawn_uniformly():
     tops = wide.any(dim=2).float().argmax(dim=1)
     counts = torch.bincount(tops, minlength=3).float() / len(wide)
     assert counts.shape == (3,) and bool(((counts - 1 / 3).abs() < 0.05).all())
+
+
+def _quadrants(batch: int, seed: int, image_size: tuple[int, int] = (8, 8)) -> list[torch.Tensor]:
+    return [torch.randn(batch, 3, *image_size, generator=torch.Generator().manual_seed(seed + k)) for k in range(4)]
+
+
+def _slot_pixels(splits: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
+    """Bool [P, 4, H, W]: each slot's pixels, through upsample_cell_mask's rule."""
+    owner = quadrant_owner(splits, grid)
+    return torch.cat([upsample_cell_mask(owner == slot, image_size) for slot in range(4)], dim=1)
+
+
+def test_quadrant_splits_partition_grid_into_four_nonempty_rectangles():
+    grid = (3, 5)
+    splits = quadrant_splits(200, grid, generator=torch.Generator().manual_seed(0))
+    assert splits.shape == (200, 2) and splits.dtype == torch.int64
+    owner = quadrant_owner(splits, grid)
+    assert owner.shape == (200, *grid) and owner.dtype == torch.int64
+    one_hot = torch.stack([owner == slot for slot in range(4)], dim=1)
+    assert bool((one_hot.sum(dim=1) == 1).all())
+    for (i, j), regions in zip(splits.tolist(), one_hot):
+        for slot, region in enumerate(regions):
+            assert _is_single_rectangle(region)
+            rows, cols = region.nonzero(as_tuple=True)
+            assert (rows.min() == 0) == (slot < 2) and (cols.min() == 0) == (slot % 2 == 0)
+        assert int(regions[0].sum()) == i * j and int(regions[3].sum()) == (3 - i) * (5 - j)
+
+
+def test_quadrant_splits_cover_every_split_point_and_are_seeded():
+    splits = quadrant_splits(400, (4, 6), generator=torch.Generator().manual_seed(1))
+    assert set(splits[:, 0].tolist()) == {1, 2, 3}
+    assert set(splits[:, 1].tolist()) == {1, 2, 3, 4, 5}
+    again = quadrant_splits(400, (4, 6), generator=torch.Generator().manual_seed(1))
+    other = quadrant_splits(400, (4, 6), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(splits, again)
+    assert not torch.equal(splits, other)
+
+
+@pytest.mark.parametrize("grid", [(1, 4), (4, 1), (1, 1)])
+def test_quadrant_splits_reject_grid_without_two_rows_and_columns_naming_the_fix(grid):
+    with pytest.raises(ValueError, match="output_stride") as error:
+        quadrant_splits(2, grid)
+    message = str(error.value)
+    assert "\n" not in message and "image_size" in message and "four_way none" in message
+
+
+def test_quadrant_splits_move_to_requested_device_from_cpu_generator():
+    splits = quadrant_splits(3, (4, 4), generator=torch.Generator().manual_seed(0), device="meta")
+    assert splits.device.type == "meta" and splits.shape == (3, 2)
+
+
+@pytest.mark.parametrize("image_size,grid", [((16, 16), (4, 4)), ((7, 10), (3, 4))])
+def test_randpatch4_shows_each_constituent_in_its_own_rectangle(image_size, grid):
+    xs = _quadrants(6, 0, image_size)
+    splits = quadrant_splits(6, grid, generator=torch.Generator().manual_seed(3))
+    mixed, ratios = randpatch4(xs, splits, grid)
+    assert mixed.shape == xs[0].shape and mixed.dtype == xs[0].dtype
+    pixels = _slot_pixels(splits, grid, image_size)
+    for slot in range(4):
+        region = pixels[:, slot : slot + 1].expand_as(mixed)
+        assert torch.equal(mixed[region], xs[slot][region])
+    assert ratios.dtype == torch.float32 and ratios.shape == (6, 4)
+    torch.testing.assert_close(ratios, pixels.flatten(2).float().mean(dim=2))
+    torch.testing.assert_close(ratios.sum(dim=1), torch.ones(6))
+
+
+def test_randpatch4_pixel_bounds_start_at_ceil_of_the_split_cell():
+    xs = _quadrants(1, 0, (7, 7))
+    _, ratios = randpatch4(xs, torch.tensor([[1, 1]]), (2, 2))
+    # ceil(1 * 7 / 2) = 4: rows and columns 0..3 are slot 0, as upsample_cell_mask's floor(y * 2 / 7) == 0.
+    torch.testing.assert_close(ratios, torch.tensor([[16, 12, 12, 9]]) / 49)
+
+
+def test_randpatch4_and_mosaic4_reject_wrong_constituents_and_splits():
+    xs = _quadrants(2, 0)
+    with pytest.raises(ValueError, match="4 constituents"):
+        randpatch4(xs[:3], torch.ones(2, 2, dtype=torch.long), (2, 2))
+    with pytest.raises(ValueError, match="quadrant_splits"):
+        mosaic4(xs, torch.ones(3, 2, dtype=torch.long), (2, 2))
+    with pytest.raises(ValueError, match="0..2"):
+        randpatch4(xs, torch.tensor([[1, 3], [1, 1]]), (2, 2))
+
+
+def test_single_as_degenerate_split_gives_the_first_constituent():
+    xs = _quadrants(2, 0)
+    splits = torch.tensor([[4, 4], [4, 4]])
+    for operator in (randpatch4, mosaic4):
+        mixed, ratios = operator(xs, splits, (4, 4))
+        assert torch.equal(mixed, xs[0])
+        assert torch.equal(ratios, torch.tensor([[1.0, 0, 0, 0]] * 2))
+
+
+def test_mosaic4_resizes_each_constituent_whole_into_its_rectangle():
+    image_size, grid = (14, 12), (4, 3)
+    xs = _quadrants(9, 1, image_size)
+    # Few distinct splits, so several items share one resize group.
+    splits = torch.tensor([[1, 1], [2, 1], [1, 1], [3, 2], [2, 1], [1, 1], [2, 2], [3, 2], [1, 2]])
+    mixed, ratios = mosaic4(xs, splits, grid)
+    assert mixed.shape == xs[0].shape and mixed.dtype == xs[0].dtype
+    pixels = _slot_pixels(splits, grid, image_size)
+    for item in range(9):
+        for slot in range(4):
+            rows, cols = pixels[item, slot].nonzero(as_tuple=True)
+            top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            assert int(pixels[item, slot].sum()) == (bottom - top) * (right - left)
+            expected = F.interpolate(
+                xs[slot][item : item + 1], size=(int(bottom - top), int(right - left)), mode="bilinear", antialias=True, align_corners=False
+            )
+            torch.testing.assert_close(mixed[item : item + 1, :, top:bottom, left:right], expected)
+    assert torch.equal(ratios, randpatch4(xs, splits, grid)[1])
+
+
+def test_mosaic4_fills_a_constant_constituent_with_its_colour():
+    xs = _quadrants(5, 2, (16, 16))
+    colour = torch.tensor([0.25, -1.0, 3.0])
+    xs[2] = colour.view(1, 3, 1, 1).expand(5, 3, 16, 16).clone()
+    splits = quadrant_splits(5, (4, 4), generator=torch.Generator().manual_seed(4))
+    mixed, _ = mosaic4(xs, splits, (4, 4))
+    region = _slot_pixels(splits, (4, 4), (16, 16))[:, 2:3].expand_as(mixed)
+    torch.testing.assert_close(mixed[region], xs[2][region], rtol=0, atol=1e-6)
+
+
+def test_mosaic4_under_bf16_matches_float32_and_keeps_dtype():
+    xs = _quadrants(4, 3, (16, 16))
+    splits = quadrant_splits(4, (4, 4), generator=torch.Generator().manual_seed(5))
+    reference, ratios = mosaic4(xs, splits, (4, 4))
+    mixed, ratios_bf16 = mosaic4([x.bfloat16() for x in xs], splits, (4, 4))
+    assert mixed.dtype == torch.bfloat16 and ratios_bf16.dtype == torch.float32
+    torch.testing.assert_close(mixed.float(), reference, rtol=2e-2, atol=2e-2)
+    assert torch.equal(ratios_bf16, ratios)

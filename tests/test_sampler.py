@@ -273,3 +273,61 @@ def test_state_dict_carries_the_amenable_action():
 def test_invalid_amenable_action_raises():
     with pytest.raises(ValueError, match="amenable_action.*'interpolate'"):
         InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, amenable_action="drop")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4-way composites (issue 6)
+def tracker_with_quads(num_samples: int, pairs: list[int], quads: list[int]) -> AmenabilityTracker:
+    """A tracker (max_group_size=4) whose S_int is `pairs + quads`, `quads` marked for 4-way composites."""
+    state = AmenabilityTracker(num_samples, max_group_size=4).state_dict()
+    state["reason"][pairs + quads] = 1
+    state["in_quads"][quads] = True
+    tracker = AmenabilityTracker(num_samples, max_group_size=4)
+    tracker.load_state_dict(state)
+    return tracker
+
+
+def constituents(item: tuple) -> list[int]:
+    return [item[0]] + [x for x in (item[1], *item[3:]) if x >= 0]
+
+
+def test_quads_cover_every_sample_once_and_remainder_is_paired():
+    quads = [0, 3, 4, 7, 9, 10, 14, 15, 18, 21]  # 10 marked: 2 composites of 4, 2 left over for pairs.
+    pairs = [1, 2, 5]
+    tracker = tracker_with_quads(25, pairs, quads)
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, seed=1)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        items = [item for batch in batches for item in batch]
+        assert sorted(x for item in items for x in constituents(item)) == list(range(25))
+        fours = [item for item in items if len(item) == 5]
+        twos = [item for item in items if len(item) == 3 and item[1] >= 0]
+        assert len(fours) == sampler.num_quads == 2 and len(twos) == sampler.num_pairs == 2
+        assert all(set(constituents(item)) <= set(quads) for item in fours)
+        assert all(set(constituents(item)) <= set(quads + pairs) for item in twos)
+        assert sampler.num_items == 25 - sampler.num_pairs - 3 * sampler.num_quads == len(items)
+        assert len(batches) == len(sampler)
+
+
+def test_quad_plan_is_deterministic_and_differs_across_epochs():
+    def plan(epoch):
+        sampler = InterTrainBatchSampler(tracker_with_quads(40, [1, 2, 3], list(range(10, 30))), batch_size=8, seed=5)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert plan(2) == plan(2)
+    assert plan(2) != plan(3)
+
+
+def test_unmarked_four_way_tracker_draws_the_pair_only_plan():
+    pairs_only = InterTrainBatchSampler(tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]), batch_size=4, seed=3)
+    state = tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]).state_dict()
+    four_way_tracker = AmenabilityTracker(23, max_group_size=4)
+    four_way_tracker.load_state_dict({**state, "max_group_size": np.array([4])})
+    four_way = InterTrainBatchSampler(four_way_tracker, batch_size=4, seed=3)
+    for epoch in (2, 3):
+        pairs_only.set_epoch(epoch)
+        four_way.set_epoch(epoch)
+        assert list(four_way) == list(pairs_only)
+        assert four_way.num_quads == 0

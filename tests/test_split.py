@@ -10,14 +10,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_intertrain.operators import cell_rectangle_masks, randpatch
+from hf_intertrain.operators import cell_rectangle_masks, quadrant_owner, quadrant_splits, randpatch, randpatch4
 from hf_intertrain.split import (
     FeatureLayout,
     check_splittable,
     feature_grid,
     forward_split,
+    forward_split_by_owner,
     infer_feature_layout,
     split_logits,
+    split_logits_by_owner,
     unwrap_timm_model,
 )
 
@@ -49,6 +51,10 @@ def _inputs(batch: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def _masks(batch: int, seed: int = 0) -> torch.Tensor:
     return cell_rectangle_masks(batch, (4, 4), 0.5, generator=torch.Generator().manual_seed(seed))
+
+
+def _owner(batch: int, seed: int = 0) -> torch.Tensor:
+    return quadrant_owner(quadrant_splits(batch, (4, 4), generator=torch.Generator().manual_seed(seed)), (4, 4))
 
 
 def _cells(features: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
@@ -290,3 +296,82 @@ def test_token_grid_follows_input_size_for_dynamic_image_size():
     with torch.no_grad():
         logits_a, _ = forward_split(vit, x, torch.ones(1, 6, 4, dtype=torch.bool))
         torch.testing.assert_close(logits_a, vit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_split_logits_by_owner_equal_head_of_each_slots_masked_mean(model_and_size):
+    model, size = model_and_size
+    x, owner = _inputs(3, size, seed=9), _owner(3, seed=9)
+    # Every (item, slot) once, in a shuffled order.
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(9))
+    rows, slots = torch.arange(3).repeat_interleave(4)[order], torch.arange(4).repeat(3)[order]
+    with torch.no_grad():
+        features = model.forward_features(x)
+        layout = infer_feature_layout(model, features, (size, size))
+        logits = split_logits_by_owner(model, features, owner, layout, rows, slots)
+        cells = _cells(features, layout)
+        for r, (item, slot) in enumerate(zip(rows.tolist(), slots.tolist())):
+            region = owner[item] == slot
+            expected = _head_of_pooled(model, features[item : item + 1], cells[item][region].mean(0), layout)
+            torch.testing.assert_close(logits[r : r + 1], expected, atol=1e-5, rtol=1e-4)
+        via_forward = forward_split_by_owner(model, x, owner, rows, slots)
+    assert logits.shape == (12, 10)
+    torch.testing.assert_close(via_forward, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_of_a_slots_logits_reach_only_its_cells(model_and_size):
+    model, size = model_and_size
+    owner = _owner(2, seed=10)
+    with torch.no_grad():
+        features = model.forward_features(_inputs(2, size, seed=10))
+    layout = infer_feature_layout(model, features, (size, size))
+    for slot in range(4):
+        features = features.detach().requires_grad_(True)
+        logits = split_logits_by_owner(model, features, owner, layout, torch.arange(2), torch.full((2,), slot))
+        (grad,) = torch.autograd.grad(logits.sum(), features)
+        grad_cells = _cells(grad, layout)
+        assert bool((grad_cells[owner != slot] == 0).all())
+        assert bool((grad_cells[owner == slot].abs().sum(-1) > 0).all())
+
+
+def test_slot_without_cells_gives_finite_logits_without_gradient_and_pairs_are_slots_0_and_1():
+    model = _create("test_resnet")
+    mask = _masks(3, seed=11)
+    with torch.no_grad():
+        features = model.forward_features(_inputs(3, 128, seed=11))
+    layout = infer_feature_layout(model, features, (128, 128))
+    features.requires_grad_(True)
+    owner = (~mask).long()
+    empty = split_logits_by_owner(model, features, owner, layout, torch.tensor([0]), torch.tensor([3]))
+    assert bool(torch.isfinite(empty).all())
+    (grad,) = torch.autograd.grad(empty.sum(), features)
+    assert bool((grad == 0).all())
+    logits_a, logits_b = split_logits(model, features, mask, layout, rows_b=torch.tensor([2, 0]))
+    by_owner = split_logits_by_owner(model, features, owner, layout, torch.tensor([0, 1, 2, 2, 0]), torch.tensor([0, 0, 0, 1, 1]))
+    torch.testing.assert_close(torch.cat([logits_a, logits_b]), by_owner)
+
+
+def test_randpatch4_batch_trains_through_forward_split_by_owner():
+    model = _create("test_resnet").train()
+    splits = quadrant_splits(2, (4, 4), generator=torch.Generator().manual_seed(12))
+    mixed, ratios = randpatch4([_inputs(2, 128, seed=12 + k) for k in range(4)], splits, (4, 4))
+    rows, slots = torch.arange(2).repeat_interleave(4), torch.arange(4).repeat(2)
+    logits = forward_split_by_owner(model, mixed, quadrant_owner(splits, (4, 4)), rows, slots)
+    losses = nn.functional.cross_entropy(logits, torch.arange(8), reduction="none")
+    (ratios.flatten() * losses).sum().backward()
+    stem_weight = next(model.parameters())
+    assert stem_weight.grad is not None and stem_weight.grad.abs().sum() > 0
+    assert logits.shape == (8, 10) and "forward_head" not in vars(model)
+
+
+def test_owner_not_matching_grid_or_rows_is_rejected_naming_the_fix():
+    model = _create("test_resnet")
+    with pytest.raises(ValueError, match=r"owner grid \(2, 2\).*\(4, 4\).*quadrant_owner"):
+        forward_split_by_owner(model, _inputs(2, 128), torch.zeros(2, 2, 2, dtype=torch.long), torch.arange(2), torch.zeros(2))
+    assert "forward_head" not in vars(model)
+    with torch.no_grad():
+        features = model.forward_features(_inputs(2, 128))
+    layout = infer_feature_layout(model, features)
+    with pytest.raises(ValueError, match=r"owner of shape \(3, 4, 4\).*quadrant_owner"):
+        split_logits_by_owner(model, features, _owner(3), layout, torch.arange(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="one slot per requested row"):
+        split_logits_by_owner(model, features, _owner(2), layout, torch.arange(2), torch.zeros(3))

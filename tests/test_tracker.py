@@ -319,6 +319,8 @@ def test_summary_counts():
         "l_incorr": 3.0,
         "l_mid": 2.0,
         "next_interpolated": 3,
+        "num_in_quads": 0,
+        "next_in_quads": 0,
     }
     summary = run_epoch(tracker, [0.5] * N, CORRECT0)
     assert summary.epoch == 2 and summary.num_interpolated == 3
@@ -380,3 +382,72 @@ def test_skipped_region3_sample_is_compared_with_its_loss_before_the_skip():
         losses = [1.0] * 4 + [loss_after_skip] + [3.0] * 3
         run_epoch(tracker, losses, CORRECT0)
         assert tracker.reason[4] == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Four-way selection (issue 6)
+def test_four_way_selection_climbs_one_rung_per_epoch():
+    tracker = tracker_after_epoch0(max_group_size=4)  # L_corr = 1, L_incorr = 3, L_mid = 2 throughout.
+    run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    assert tracker.s_int_indices().tolist() == [0, 1, 2, 3]
+    assert not tracker.in_quads.any()  # New Region-1 entrants start as pairs, however easy.
+    assert tracker.averages() == (1.0, 3.0, 2.0)
+
+    summary = run_epoch(tracker, [0.5, 1.5, 2.5, 0.9, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    # 0 and 3: interpolated loss below L_corr -> 4-way; 1: Region 1 above L_corr -> pair; 2: >= L_mid -> out.
+    assert tracker.s_int_quad_indices().tolist() == [0, 3]
+    assert tracker.s_int_pair_indices().tolist() == [1]
+    assert summary.num_in_quads == 0 and summary.next_in_quads == 2
+
+    summary = run_epoch(tracker, [1.5, 0.5, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    # 0 falls back one rung to a pair, 3 stays 4-way, pair member 1 is promoted.
+    assert tracker.s_int_quad_indices().tolist() == [1, 3]
+    assert tracker.s_int_pair_indices().tolist() == [0]
+    assert summary.num_in_quads == 2 and summary.next_in_quads == 2
+
+    run_epoch(tracker, [1.5, 2.5, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    # A 4-way member at L_mid or above leaves S_int (the paper's Region-1 exit), no stop at pairs.
+    assert tracker.s_int_quad_indices().tolist() == [3]
+    assert tracker.s_int_pair_indices().tolist() == [0]
+    assert not tracker.interpolated[1]
+
+
+def test_region3_members_are_never_put_in_four_way_composites():
+    tracker = tracker_after_epoch0(max_group_size=4)
+    run_epoch(tracker, [1.0, 1.0, 1.0, 1.0, 3.5, 3.0, 3.0, 3.0], CORRECT0)
+    assert tracker.reason[4] == REGION_3
+    run_epoch(tracker, [1.0, 1.0, 1.0, 1.0, 0.01, 3.0, 3.0, 3.0], CORRECT0)
+    assert not tracker.in_quads.any()
+    assert tracker.reason[4] == NOT_INTERPOLATED  # Region-3 members return to S_noInt.
+
+
+def test_pairs_only_tracker_never_marks_four_way_members():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    run_epoch(tracker, [0.01] * 4 + [3.0] * 4, CORRECT0)
+    assert tracker.s_int_indices().tolist() == [0, 1, 2, 3]
+    assert not tracker.in_quads.any() and tracker.s_int_quad_indices().size == 0
+    assert tracker.s_int_pair_indices().tolist() == [0, 1, 2, 3]
+
+
+def test_four_way_state_roundtrip_and_refusals():
+    tracker = tracker_after_epoch0(max_group_size=4)
+    run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    run_epoch(tracker, [0.5, 1.5, 2.5, 0.9, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    state = tracker.state_dict()
+    restored = AmenabilityTracker(N, max_group_size=4)
+    restored.load_state_dict(state)
+    assert restored.s_int_quad_indices().tolist() == [0, 3]
+    with pytest.raises(ValueError, match="max_group_size=4 but this tracker has 2"):
+        AmenabilityTracker(N).load_state_dict(state)
+    old = {k: v for k, v in AmenabilityTracker(N).state_dict().items() if k not in ("max_group_size", "in_quads")}
+    AmenabilityTracker(N).load_state_dict(old)  # Saved before 4-way composites existed.
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"max_group_size": 3}, "max_group_size must be 2 or 4"), ({"max_group_size": 4, "selective": False}, "needs selective=True")],
+)
+def test_invalid_group_size_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AmenabilityTracker(N, **kwargs)

@@ -138,3 +138,44 @@ def test_evaluation_reports_top1_through_the_packaged_metric(tmp_path, tiny_trai
     evals = [e for e in trainer.state.log_history if "eval_top1" in e]
     assert [e["epoch"] for e in evals] == [1.0, 2.0]
     assert all(0.0 <= e["eval_top1"] <= 1.0 for e in evals)
+
+
+@pytest.mark.parametrize("four_way", ["randpatch4", "mosaic4"])
+def test_four_way_composites_train_every_sample_once_in_fewer_items(tmp_path, tiny_train_dataset, four_way):
+    trainer = InterTrainTrainer(
+        model=make_model(output_stride=16),
+        args=_args(tmp_path, four_way=four_way, num_train_epochs=2),
+        train_dataset=tiny_train_dataset,
+    )
+    state = trainer.tracker.state_dict()
+    state["reason"][:40] = 1  # S_int: samples 0-39, of which 0-31 marked for 8 composites of 4, 32-39 for 4 pairs.
+    state["in_quads"][:32] = True
+    trainer.tracker.load_state_dict(state)
+    counts, end_epoch = [], trainer.tracker.end_epoch
+    trainer.tracker.end_epoch = lambda: (counts.append(trainer.tracker.epoch_buffers()[2].copy()), end_epoch())[1]
+
+    trainer.train()
+
+    first = trainer.intertrain_history[0]
+    assert (first["intertrain/composites_4"], first["intertrain/pairs"], first["intertrain/items"]) == (8, 4, 96 - 4 - 24)
+    assert first["intertrain/interpolated_fraction"] == pytest.approx(40 / 96)
+    assert first["intertrain/constituents_per_item"] == pytest.approx(96 / 68)
+    assert [c.tolist() for c in counts] == [[1] * 96, [1] * 96]  # Every constituent recorded once per epoch.
+    assert trainer.state.global_step == math.ceil(68 / 16) + math.ceil(96 / 16)
+    assert all(math.isfinite(loss) for loss in _train_losses(trainer))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"interpolation": "linavg"},
+        {"split_propagation": False},
+        {"selective_interpolation": False},
+        {"amenable_action": "skip"},
+    ],
+)
+def test_four_way_refuses_settings_that_cannot_tell_its_constituents_apart(tmp_path, settings):
+    with pytest.raises(ValueError, match="needs interpolation randpatch, split_propagation"):
+        _args(tmp_path, four_way="randpatch4", **settings)
+    with pytest.raises(ValueError, match="four_way='mosaic8' is not supported"):
+        _args(tmp_path, four_way="mosaic8")

@@ -27,7 +27,9 @@ Variants (`VARIANTS`; each sets `InterTrainArguments` fields on top of the run's
   interpolating the very samples InterTrain picks. Table 5's oracle instance skipping (a forward pass over every
   sample each epoch) is not reproduced.
 - `randpatch4`, `mosaic4` (issue 6): InterTrain with RandPatch pairs, plus 4-way composites (RandPatch-4 or
-  Mosaic-4) for the samples the tracker's four-way selection marks; their ideal speed-up can pass 2x.
+  Mosaic-4) for the samples the tracker's four-way selection marks; `randpatch4_region1` groups every Region-1
+  member by four on its second interpolated epoch (the selection's ablation; the only one whose ideal speed-up
+  can approach 2x).
 
 Every variant but `intertrain` sets `four_way` itself (none, unless it is a 4-way variant).
 """
@@ -60,6 +62,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "skip": {"amenable_action": "skip", **_PAIRS},
     "randpatch4": {**_FOUR_WAY, "amenable_action": "interpolate", "four_way": "randpatch4"},
     "mosaic4": {**_FOUR_WAY, "amenable_action": "interpolate", "four_way": "mosaic4"},
+    "randpatch4_region1": {
+        **_FOUR_WAY, "amenable_action": "interpolate", "four_way": "randpatch4", "four_way_selection": "region1"
+    },
 }
 SETTINGS = (
     "interpolation",
@@ -69,6 +74,7 @@ SETTINGS = (
     "amenability_regions",
     "amenable_action",
     "four_way",
+    "four_way_selection",
 )
 """The InterTrainArguments fields a variant may change, recorded per run in comparison.json."""
 

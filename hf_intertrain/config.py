@@ -93,6 +93,15 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(FOUR_WAY_COMPOSITES),
         },
     )
+    four_way_selection: str = field(
+        default="robust",
+        metadata={
+            "help": "Which interpolated samples four_way groups by four: 'robust' (interpolated for Region 1 and "
+            "still below L_corr, the average loss of correctly classified samples: no tuning needed) or 'region1' "
+            "(every Region-1 member on its second interpolated epoch; an ablation, more 4-way, less accurate).",
+            "choices": ["robust", "region1"],
+        },
+    )
     patch_ratio: float = field(
         default=0.5,
         metadata={
@@ -144,6 +153,10 @@ class InterTrainArguments(TrainingArguments):
                 f"four_way={self.four_way!r} needs interpolation randpatch, split_propagation, selective_interpolation "
                 "and amenable_action interpolate (its constituents are told apart by split propagation and chosen by "
                 "the amenability records): change those or set four_way none"
+            )
+        if self.four_way_selection not in ("robust", "region1"):
+            raise ValueError(
+                f"four_way_selection={self.four_way_selection!r} is not supported: use 'robust' (default) or 'region1'"
             )
         if not 0.0 < self.patch_ratio < 1.0:
             raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")

@@ -620,18 +620,21 @@ EXTRA_CONSTITUENTS = ("b", "c", "d")
 """Key suffixes of the constituents after a: "pixel_values_b", "labels_c", "sample_index_d", ..."""
 
 
+def _is_row(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int, int, float, int, int]:
     """An int row, an `(a, b, r)` or an `(a, b, r, c, d)` sampler key as `(a, b, r, c, d)`.
 
     A single has `b = c = d = -1` and `r = 1.0`; a pair has `c = d = -1`; a 4-way composite has all four rows.
     """
-    is_int = lambda x: isinstance(x, Integral) and not isinstance(x, bool)  # noqa: E731
-    if is_int(key):
+    if _is_row(key):
         a, b, ratio, c, d = int(key), -1, 1.0, -1, -1
     elif (
         isinstance(key, (tuple, list))
         and len(key) in (3, 5)
-        and all(is_int(x) for i, x in enumerate(key) if i != 2)
+        and all(_is_row(x) for i, x in enumerate(key) if i != 2)
         and isinstance(key[2], Real)
     ):
         a, b, ratio = int(key[0]), int(key[1]), float(key[2])

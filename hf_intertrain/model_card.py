@@ -152,6 +152,7 @@ def card_facts(
             "amenability_regions": str(args.amenability_regions),
             "patch_ratio": args.patch_ratio,
             "amenable_action": getattr(args, "amenable_action", "interpolate"),
+            "four_way": getattr(args, "four_way", "none"),
         },
         "hyperparameters": {
             "learning_rate": args.learning_rate,

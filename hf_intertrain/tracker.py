@@ -28,6 +28,8 @@ REGION_3 = 3
 
 _VALID_REGIONS = (1, 3)
 _GROUP_SIZES = (2, 4)
+FOUR_WAY_SELECTIONS = ("robust", "region1")
+"""`robust`: the four-way rule below; `region1`: its ablation, every Region-1 member on its second epoch."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,8 @@ class AmenabilityTracker:
       at L_mid or above it leaves S_int like any Region-1 member (the paper's rule).
     So a sample needs two epochs of evidence (non-interpolated, then interpolated) before it
     is interpolated 4 ways, and every demotion is one rung at a time, except that the paper's
-    own Region-1 exit applies unchanged. Which marked samples are actually grouped by four is
+    own Region-1 exit applies unchanged. The ablation `four_way_selection="region1"` drops
+    the L_corr bar: every Region-1 member that stays in Region 1 is grouped by four. Which marked samples are actually grouped by four is
     the sampler's business (a remainder of fewer than four is paired).
 
     Args:
@@ -120,10 +123,16 @@ class AmenabilityTracker:
             (1,) the "Region 1 only" ablation.
         max_group_size: 2 for pairs only (the paper); 4 to also mark samples for 4-way
             composites (see "Four-way selection"). Needs `selective=True`.
+        four_way_selection: "robust" (the rule above) or "region1" (its ablation).
     """
 
     def __init__(
-        self, num_samples: int, selective: bool = True, regions: tuple[int, ...] = (1, 3), max_group_size: int = 2
+        self,
+        num_samples: int,
+        selective: bool = True,
+        regions: tuple[int, ...] = (1, 3),
+        max_group_size: int = 2,
+        four_way_selection: str = "robust",
     ):
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}; pass len(train_dataset).")
@@ -142,7 +151,10 @@ class AmenabilityTracker:
         self.num_samples = int(num_samples)
         self.selective = bool(selective)
         self.regions = regions_t
+        if four_way_selection not in FOUR_WAY_SELECTIONS:
+            raise ValueError(f"four_way_selection must be one of {FOUR_WAY_SELECTIONS}, got {four_way_selection!r}; pass 'robust' (default) or 'region1' (ablation).")
         self.max_group_size = int(max_group_size)
+        self.four_way_selection = str(four_way_selection)
         self.epoch = 0
         self._revision = 0
         n = self.num_samples
@@ -338,8 +350,9 @@ class AmenabilityTracker:
             if self.selective and 1 in self.regions:
                 # S_noInt admitted by Region 1, and Region-1 members that stay below L_mid.
                 next_reason[in_r1 & (was_noint | (reason == REGION_1))] = REGION_1
-                if self.max_group_size == 4 and not math.isnan(l_corr):
-                    next_quad = (reason == REGION_1) & (next_reason == REGION_1) & (loss < l_corr)
+                if self.max_group_size == 4:
+                    bar = l_corr if self.four_way_selection == "robust" else l_mid
+                    next_quad = (reason == REGION_1) & (next_reason == REGION_1) & (loss < bar)
             if self.selective and 3 in self.regions:
                 increased = loss > self._prev_noint_loss  # Unknown previous loss: False.
                 next_reason[in_r3 & was_noint & increased] = REGION_3

@@ -180,6 +180,7 @@ class InterTrainTrainer(Trainer):
             selective=args.selective_interpolation,
             regions=args.regions,
             max_group_size=args.max_group_size,
+            four_way_selection=args.four_way_selection,
         )
         self.intertrain_sampler = InterTrainBatchSampler(
             self.tracker,
@@ -516,6 +517,7 @@ class InterTrainTrainer(Trainer):
             "amenable_action": args.amenable_action,
             "patch_ratio": args.patch_ratio,
             "four_way": args.four_way,
+            "four_way_selection": args.four_way_selection,
         }
 
     def _plan_layout(self) -> dict[str, Any]:

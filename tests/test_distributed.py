@@ -115,3 +115,29 @@ def test_processes_whose_trackers_diverge_stop_with_a_clear_error(launched):
     for report in diverging:
         assert "trackers diverged across processes at epoch 2" in report["outcome"]
         assert report["epochs_closed"] == 1  # epoch 1 was judged differently; its checksum stopped the run
+
+
+def test_four_way_composites_are_planned_recorded_and_decided_alike_on_both_processes(tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIG), "--num_processes", "2", "--main_process_port", str(_free_port()),
+        str(SCRIPT), "--output_dir", str(tmp_path),
+        "--num_samples", str(NUM_SAMPLES), "--batch_size", str(BATCH_SIZE), "--epochs", "2", "--four_way", "randpatch4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"full_rank{r}.json").read_text()) for r in range(2)]
+    trackers = [safetensors.numpy.load_file(str(tmp_path / f"full_rank{r}.safetensors")) for r in range(2)]
+
+    first = reports[0]["history"][0]
+    assert (first["intertrain/composites_4"], first["intertrain/pairs"]) == (8, 4)
+    assert first["intertrain/items"] == NUM_SAMPLES - 4 - 3 * 8
+    counts = np.array(reports[0]["global_counts"][0])
+    # Every constituent recorded over both ranks; the 2-item last batch is padded to a full one by accelerate's
+    # even_batches, so up to BATCH_SIZE - 2 items (and their constituents) are recorded twice.
+    assert counts.min() == 1 and 0 < counts.sum() - NUM_SAMPLES <= 4 * (BATCH_SIZE - 2)
+    assert sum(reports[0]["local_counts"][0]) + sum(reports[1]["local_counts"][0]) == counts.sum()
+    assert _without_seconds(reports[0]["logged"]) == _without_seconds(reports[1]["logged"])
+    for key in trackers[0]:
+        np.testing.assert_array_equal(trackers[0][key], trackers[1][key], err_msg=key)

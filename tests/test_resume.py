@@ -247,3 +247,27 @@ def test_augmentation_does_not_depend_on_dataloader_workers(tmp_path, data):
         results.append([p.detach().clone() for p in trainer.model.parameters()])
     for p, q in zip(*results):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _with_four_way_members(trainer):
+    """Start the run with 8 composites of 4 and 4 pairs in epoch 0 (samples 0-31 marked, 32-39 paired)."""
+    state = trainer.tracker.state_dict()
+    state["reason"][:40] = 1
+    state["in_quads"][:32] = True
+    trainer.tracker.load_state_dict(state)
+    return trainer
+
+
+@pytest.mark.parametrize("four_way", ["randpatch4", "mosaic4"])
+def test_resume_mid_epoch_with_four_way_composites_ends_where_the_uninterrupted_run_ends(tmp_path, data, four_way):
+    settings = {"four_way": four_way, "num_train_epochs": 3, "save_strategy": "no"}
+    reference = _with_four_way_members(_trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([2])], **settings))
+    reference.train()
+    assert reference.intertrain_history[0]["intertrain/composites_4"] == 8
+    assert reference._epoch_update_steps[0] == 4  # 88 - 4 - 24 = 60 items in batches of 16
+    checkpoint = tmp_path / "reference" / "checkpoint-2"
+    assert safetensors.numpy.load_file(str(checkpoint / INTERTRAIN_STATE_NAME))["in_quads"][:32].all()
+
+    resumed = _trainer(tmp_path / "resumed", data, model_seed=7, **settings)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    _assert_same_outcome(_outcome(resumed), _outcome(reference))

@@ -451,3 +451,14 @@ def test_four_way_state_roundtrip_and_refusals():
 def test_invalid_group_size_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AmenabilityTracker(N, **kwargs)
+
+
+def test_region1_four_way_selection_groups_every_region1_member_on_its_second_epoch():
+    robust, region1 = (tracker_after_epoch0(max_group_size=4, four_way_selection=s) for s in ("robust", "region1"))
+    for tracker in (robust, region1):
+        run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+        run_epoch(tracker, [0.5, 1.5, 2.5, 0.9, 3.0, 3.0, 3.0, 3.0], CORRECT0)
+    assert robust.s_int_quad_indices().tolist() == [0, 3]
+    assert region1.s_int_quad_indices().tolist() == [0, 1, 3]  # 1.5 < L_mid suffices
+    with pytest.raises(ValueError, match="four_way_selection must be one of"):
+        AmenabilityTracker(N, max_group_size=4, four_way_selection="all")

@@ -1,7 +1,7 @@
 """Distributed InterTrain on generated data, for `tests/test_distributed.py` (and the 1-vs-2 process timing).
 
     accelerate launch --config_file recipes/accelerate/cpu_multi_process.yaml --num_processes 2 \
-        tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16]
+        tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16] [--four_way randpatch4]
 
 (`accelerate launch --cpu --num_processes 2` starts one process unless an MPI hostfile is configured: the
 config above launches the CPU processes through torchrun instead.)
@@ -12,6 +12,7 @@ epoch lengths, per-epoch record counts of this rank and of all ranks, final eval
 With --resume_check the script also trains a run that dies right after a mid-epoch checkpoint in epoch 2 (the
 first interpolating epoch) and resumes it from that checkpoint in fresh trainers, then a run whose processes
 are given different InterTrain settings (`OUT/diverging_rank{r}.json`: how it ended).
+With --four_way the "full" run starts with the first 32 samples marked for 4-way composites and the next 8 paired.
 """
 
 import argparse
@@ -95,6 +96,7 @@ def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=()
         dataloader_num_workers=0,
         use_cpu=True,
         bf16=cli.bf16,
+        four_way=cli.four_way,
         ddp_find_unused_parameters=False,
         **overrides,
     )
@@ -138,12 +140,18 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--resume_check", action="store_true")
+    parser.add_argument("--four_way", default="none")
     cli = parser.parse_args()
     os.makedirs(cli.output_dir, exist_ok=True)
     train = make_dataset(cli.num_samples, seed=0, training=True)
     evaluation = make_dataset(40, seed=3)
 
     full = build_trainer(cli, os.path.join(cli.output_dir, "full"), train, evaluation)
+    if cli.four_way != "none":
+        state = full.tracker.state_dict()
+        state["reason"][:40] = 1
+        state["in_quads"][:32] = True
+        full.tracker.load_state_dict(state)
     started = time.perf_counter()
     full.train()
     full.train_runtime = time.perf_counter() - started

@@ -253,7 +253,7 @@ class InterTrainTrainer(Trainer):
             loss = F.cross_entropy(logits.float(), inputs["labels"])
             return (loss, {"logits": logits}) if return_outputs else loss
 
-        x_a, index_a = inputs["pixel_values"], inputs["sample_index"]
+        x_a = inputs["pixel_values"]
         x_b, x_c = inputs.get("pixel_values_b"), inputs.get("pixel_values_c")
         batch = x_a.shape[0]
         num_groups = 0 if x_b is None else x_b.shape[0]  # Rows 0..G-1: 4-way composites, then pairs.

@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from .data import EMBEDDED_DATASET
 from .sampler import AMENABLE_ACTIONS
+from .tracker import FOUR_WAY_SELECTIONS
 
 INTERPOLATIONS = ("randpatch", "linavg", "none")
 FOUR_WAY_COMPOSITES = ("none", "randpatch4", "mosaic4")
@@ -99,7 +100,7 @@ class InterTrainArguments(TrainingArguments):
             "help": "Which interpolated samples four_way groups by four: 'robust' (interpolated for Region 1 and "
             "still below L_corr, the average loss of correctly classified samples: no tuning needed) or 'region1' "
             "(every Region-1 member on its second interpolated epoch; an ablation, more 4-way, less accurate).",
-            "choices": ["robust", "region1"],
+            "choices": list(FOUR_WAY_SELECTIONS),
         },
     )
     patch_ratio: float = field(
@@ -154,7 +155,7 @@ class InterTrainArguments(TrainingArguments):
                 "and amenable_action interpolate (its constituents are told apart by split propagation and chosen by "
                 "the amenability records): change those or set four_way none"
             )
-        if self.four_way_selection not in ("robust", "region1"):
+        if self.four_way_selection not in FOUR_WAY_SELECTIONS:
             raise ValueError(
                 f"four_way_selection={self.four_way_selection!r} is not supported: use 'robust' (default) or 'region1'"
             )

@@ -319,7 +319,7 @@ def randpatch4(xs: Sequence[Tensor], splits: Tensor, grid: tuple[int, int]) -> t
     """
     x_a = _check_constituents(xs, splits, "randpatch4")
     image_size = (x_a.shape[-2], x_a.shape[-1])
-    pixel_splits = _quadrant_pixel_splits(splits.to(x_a.device), grid, image_size)
+    pixel_splits = _quadrant_pixel_splits(splits, grid, image_size).to(x_a.device)  # checked where the splits live
     rows = torch.arange(image_size[0], device=x_a.device).view(1, -1, 1)
     cols = torch.arange(image_size[1], device=x_a.device).view(1, 1, -1)
     top, left = pixel_splits[:, 0].view(-1, 1, 1), pixel_splits[:, 1].view(-1, 1, 1)

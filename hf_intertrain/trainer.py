@@ -314,7 +314,7 @@ class InterTrainTrainer(Trainer):
             owner = torch.zeros((x_a.shape[0], *grid), dtype=torch.long, device=device)
             owner[num_quads:num_groups] = (~pair_mask).long()
         if num_quads:
-            splits = quadrant_splits(num_quads, grid, generator=generator).to(device)
+            splits = quadrant_splits(num_quads, grid, generator=generator)  # host-side: mosaic4 groups by split
             compose = randpatch4 if self.args.four_way == "randpatch4" else mosaic4
             constituents = [x_a[:num_quads], x_b[:num_quads], inputs["pixel_values_c"], inputs["pixel_values_d"]]
             mixed_quads, quad_ratio = compose(constituents, splits, grid)

@@ -28,7 +28,7 @@ import numpy as np
 import safetensors.numpy
 from transformers import TrainerCallback
 
-from conftest import make_dataset, make_model
+from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 
 
@@ -79,27 +79,18 @@ class RecordingTrainer(InterTrainTrainer):
 
 
 def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=(), **overrides):
-    args = InterTrainArguments(
-        output_dir=output_dir,
+    settings = dict(
+        TINY_TRAINING,
         num_train_epochs=cli.epochs,
         per_device_train_batch_size=cli.batch_size,
         per_device_eval_batch_size=64,
-        learning_rate=0.05,
-        optim="sgd",
-        lr_scheduler_type="linear",
-        eval_strategy="no",
-        save_strategy="no",
         logging_strategy="epoch",
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         use_cpu=True,
         bf16=cli.bf16,
         four_way=cli.four_way,
         ddp_find_unused_parameters=False,
-        **overrides,
     )
+    args = InterTrainArguments(output_dir=output_dir, **{**settings, **overrides})
     model = make_model(output_stride=16, seed=model_seed)
     return RecordingTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=evaluation, callbacks=list(callbacks)

@@ -8,12 +8,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .data import EMBEDDED_DATASET
-from .sampler import AMENABLE_ACTIONS
-from .tracker import FOUR_WAY_SELECTIONS
-
-INTERPOLATIONS = ("randpatch", "linavg", "none")
-FOUR_WAY_COMPOSITES = ("none", "randpatch4", "mosaic4")
+from .constants import AMENABLE_ACTIONS, EMBEDDED_DATASET, FOUR_WAY_COMPOSITES, FOUR_WAY_SELECTIONS, INTERPOLATIONS
 
 
 @dataclass

@@ -31,16 +31,14 @@ import torch
 from PIL import Image as PILImage
 from torchvision import transforms
 
+from .constants import EMBEDDED_DATASET, SMALL_IMAGE_MAX_SIZE  # noqa: F401 (EMBEDDED_DATASET re-exported)
+
 logger = logging.getLogger(__name__)
 
-EMBEDDED_DATASET: str = str(Path(__file__).resolve().parent / "sample_data" / "cifar10")
-"""A real CIFAR-10 sample shipped in the package (first 5000 train / 1000 test rows of CIFAR-10),
-loadable offline with `datasets.load_dataset(EMBEDDED_DATASET)`, for tests and smoke runs."""
 
 EVAL_SPLIT_CANDIDATES: tuple[str, ...] = ("validation", "valid", "val", "test")
 LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "fine_label", "class")
 VERIFY_IMAGES_AUTO_MAX_ROWS: int = 100_000
-SMALL_IMAGE_MAX_SIZE: int = 64
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 """Colour that transparent pixels are composited onto: white, as images with transparency are
 shown on a page. Dropping alpha instead would expose whatever colour the invisible pixels hold."""

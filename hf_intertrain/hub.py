@@ -32,7 +32,7 @@ import safetensors.torch
 import timm.data
 import torch
 
-from .data import SMALL_IMAGE_MAX_SIZE
+from .constants import SMALL_IMAGE_MAX_SIZE
 
 logger = logging.getLogger(__name__)
 

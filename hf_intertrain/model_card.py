@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .data import EMBEDDED_DATASET
+from .constants import EMBEDDED_DATASET
 from .hub import eval_data_config
 
 TEMPLATE_NAME = "intertrain_template.md"

@@ -18,6 +18,7 @@ from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
 from .config import DataArguments, InterTrainArguments, ModelArguments
+from .constants import SMALL_IMAGE_MAX_SIZE
 from .data import ImageClassificationData, ImageClassificationDataset, build_transforms, load_image_classification_data
 from .metrics import build_compute_metrics
 from .trainer import InterTrainTrainer
@@ -25,7 +26,6 @@ from .trainer import InterTrainTrainer
 logger = logging.getLogger(__name__)
 
 RUN_REPORT_NAME = "intertrain_run.json"
-SMALL_IMAGE_MAX = 64
 
 
 @dataclass
@@ -73,7 +73,7 @@ def resolve_image_size(data_args: DataArguments, data: ImageClassificationData, 
             raise ValueError(f"--image_size={data_args.image_size} is too small: use at least 8 pixels")
         return data_args.image_size
     width, height = data.first_image_size()
-    if max(width, height) <= SMALL_IMAGE_MAX:
+    if max(width, height) <= SMALL_IMAGE_MAX_SIZE:
         return max(width, height)
     return int(timm.data.resolve_data_config({}, model=model.timm_model)["input_size"][-1])
 

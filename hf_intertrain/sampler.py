@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from hf_intertrain.constants import AMENABLE_ACTIONS
 from hf_intertrain.tracker import AmenabilityTracker
-
-AMENABLE_ACTIONS = ("interpolate", "skip")
-"""What the plan does with S_int: pair it (InterTrain) or leave it out of the epoch (the ablation)."""
 
 
 class EpochPlan(NamedTuple):

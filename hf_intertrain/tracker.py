@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from .constants import FOUR_WAY_SELECTIONS
+
 # Membership codes of `AmenabilityTracker.reason`.
 NOT_INTERPOLATED = 0
 """In S_noInt: trained as a single."""
@@ -28,8 +30,6 @@ REGION_3 = 3
 
 _VALID_REGIONS = (1, 3)
 _GROUP_SIZES = (2, 4)
-FOUR_WAY_SELECTIONS = ("robust", "region1")
-"""`robust`: the four-way rule below; `region1`: its ablation, every Region-1 member on its second epoch."""
 
 
 @dataclasses.dataclass(frozen=True)

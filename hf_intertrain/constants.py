@@ -1,0 +1,29 @@
+"""Facts shared by several modules, in one place; this module imports nothing heavier than `pathlib`.
+
+`config.py` builds its flags from these tuples without importing torch, datasets or the tracker, and the data,
+hub and run modules agree on what a small image is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EMBEDDED_DATASET: str = str(Path(__file__).resolve().parent / "sample_data" / "cifar10")
+"""A real CIFAR-10 sample shipped in the package (first 5000 train / 1000 test rows of CIFAR-10),
+loadable offline with `datasets.load_dataset(EMBEDDED_DATASET)`, for tests and smoke runs."""
+
+SMALL_IMAGE_MAX_SIZE: int = 64
+"""Images of at most this many pixels a side are CIFAR-like: trained at their own size with pad-and-crop
+augmentation and evaluated without a crop; larger ones get the ImageNet-style transforms."""
+
+INTERPOLATIONS: tuple[str, ...] = ("randpatch", "linavg", "none")
+"""How pairs are combined: RandPatch, LinAvg, or not at all (the plain Trainer baseline)."""
+
+FOUR_WAY_COMPOSITES: tuple[str, ...] = ("none", "randpatch4", "mosaic4")
+"""4-way composite operators (or none: pairs only, the paper)."""
+
+AMENABLE_ACTIONS: tuple[str, ...] = ("interpolate", "skip")
+"""What the plan does with S_int: pair it (InterTrain) or leave it out of the epoch (the ablation)."""
+
+FOUR_WAY_SELECTIONS: tuple[str, ...] = ("robust", "region1")
+"""`robust`: the tracker's four-way rule; `region1`: its ablation, every Region-1 member on its second epoch."""

@@ -27,3 +27,14 @@ AMENABLE_ACTIONS: tuple[str, ...] = ("interpolate", "skip")
 
 FOUR_WAY_SELECTIONS: tuple[str, ...] = ("robust", "region1")
 """`robust`: the tracker's four-way rule; `region1`: its ablation, every Region-1 member on its second epoch."""
+
+THRESHOLD_AVERAGES: tuple[str, ...] = ("pooled", "epoch_mean", "ema", "last_epoch")
+"""How the tracker averages L_corr / L_incorr over completed epochs: every observation pooled (the default), the mean
+of per-epoch means, their exponential moving average, or the last epoch's means."""
+
+REGION1_RULES: tuple[str, ...] = ("l_mid", "accuracy", "avg_loss")
+"""What puts a sample in Region 1: loss below L_mid (the method), correct classification, or loss below the
+running average loss of all S_noInt samples (the paper's Table 3 ablations)."""
+
+REGION3_RULES: tuple[str, ...] = ("increase", "l_incorr")
+"""What admits a Region 3 sample: loss above L_incorr that increased (the method), or above L_incorr alone (ablation)."""

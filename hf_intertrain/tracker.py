@@ -7,6 +7,10 @@ array of length N, so ImageNet-21k sized datasets (14M samples) cost a few hundr
 
 Beyond pairs (issue 6): with `max_group_size=4` the tracker also decides which S_int members
 go into 4-way composites instead of pairs (see `AmenabilityTracker`, "Four-way selection").
+
+The paper's threshold ablations (Sec. 7.6 to 7.8) and other readings of its "running average" are
+constructor settings whose defaults are the method (see `AmenabilityTracker`, "Ablations" and
+"Threshold averages").
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 
 import numpy as np
 
-from .constants import FOUR_WAY_SELECTIONS
+from .constants import FOUR_WAY_SELECTIONS, REGION1_RULES, REGION3_RULES, THRESHOLD_AVERAGES
 
 # Membership codes of `AmenabilityTracker.reason`.
 NOT_INTERPOLATED = 0
@@ -30,6 +34,31 @@ REGION_3 = 3
 
 _VALID_REGIONS = (1, 3)
 _GROUP_SIZES = (2, 4)
+_REASONS = (REGION_1, NAIVE, REGION_3)
+
+EMA_DECAY = 0.5
+"""Weight of the previous value in `threshold_average="ema"`: new = 0.5 * old + 0.5 * this epoch's class mean.
+
+Why 0.5 (docs/method.md, "Thresholds"): the thresholds judge the current epoch's losses, so they should lag
+the loss distribution by about one epoch (the mean age of the weights is 1 epoch), not by the whole run. The
+paper (Sec. 7.5, Fig. 12) finds that losses change slowly between epochs except in the first epochs and after
+a learning-rate drop, which is where a long memory hurts: pooled averages stay above the current losses for
+many epochs then. With 0.5 the epochs more than five back weigh 3 % together, so the thresholds catch up
+within two or three epochs of a drop, while one epoch's mean of a small class (the few incorrect S_noInt
+samples late in training) is still averaged with its predecessors, unlike `"last_epoch"`.
+"""
+
+ADAPTIVE_RATIO_MIN = 0.25
+"""Smallest share of a constituent under the adaptive LinAvg ratio; r is clipped to [0.25, 0.75].
+
+Why (docs/method.md, "Adaptive interpolation"): unbounded, r = L_a / (L_a + L_b) erases a constituent whose
+last loss is about 0 (r = 0 at a loss of exactly 0): it then gets neither pixels nor loss weight, which
+skips the sample instead of interpolating it. A quarter is the share each constituent gets in a 4-way
+composite, the smallest share on which the method trains a sample; the harder constituent still gets up to
+three times the easier one's share.
+"""
+
+_MAX_STREAK = 255  # uint8 per-sample counters saturate here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +78,20 @@ class EpochSummary:
         next_interpolated: |S_int(epoch + 1)|.
         num_in_quads: S_int members of that epoch marked for 4-way composites (0 with pairs only).
         next_in_quads: Members of S_int(epoch + 1) marked for 4-way composites.
+        l_avg: Running average loss of all S_noInt observations used for the decision (the
+            threshold of `region1_rule="avg_loss"`; reported under every rule), NaN when undefined.
+        correct_below_l_mid: The paper's Fig. 5 efficacy of L_mid: among that epoch's records of
+            samples that were in S_noInt, the fraction of the correctly classified ones with loss
+            below `l_mid`; NaN when `l_mid` is undefined or there is no such record. The paper
+            reports > 95 %.
+        incorrect_below_l_mid: The same fraction among the incorrectly classified ones (the
+            paper reports < 10 %).
+        admitted_region_1: S_noInt samples of that epoch admitted to S_int(epoch + 1) through
+            Region 1 (Fig. 6).
+        admitted_region_3: S_noInt samples of that epoch admitted to S_int(epoch + 1) through
+            Region 3 (Fig. 8a).
+        left_s_int: S_int members of that epoch that are in S_noInt in epoch + 1, whatever their
+            reason (Fig. 6 plots the Region-1 part; Region-3 members leave when their period ends).
     """
 
     epoch: int
@@ -63,6 +106,12 @@ class EpochSummary:
     next_interpolated: int
     num_in_quads: int = 0
     next_in_quads: int = 0
+    l_avg: float = math.nan
+    correct_below_l_mid: float = math.nan
+    incorrect_below_l_mid: float = math.nan
+    admitted_region_1: int = 0
+    admitted_region_3: int = 0
+    left_s_int: int = 0
 
     def to_dict(self) -> dict[str, int | float]:
         """Plain Python values, ready for `Trainer.log` or JSON (NaN stays NaN)."""
@@ -90,12 +139,63 @@ class AmenabilityTracker:
       skipped Region 1 sample is trained and judged again after one epoch (unlike an
       interpolated one, which keeps its place while its interpolated loss stays below L_mid:
       a skipped sample yields no loss to judge), and a skipped Region 3 sample's next loss is
-      compared with its loss before the skip.
+      compared with its loss before the skip. The exception is a Region-3 member inside a
+      period of `region3_epochs` > 1 epochs (see "Ablations"): it keeps its place unrecorded.
     - If L_corr > L_incorr, Regions 1 and 3 overlap; Region 1 wins, so the regions stay a
       partition of the recorded samples.
     - Naive mode (`selective=False`, the paper's "naive interpolation" ablation): every sample
       is in S_int in every epoch, epoch 0 included, with reason code `NAIVE`; no S_noInt
       observation exists, so the averages stay undefined.
+    - Every rule below judges nobody until L_mid is defined, whatever it needs itself, so each
+      ablation starts interpolating in the same epoch as the method and changes one thing.
+
+    Threshold averages (`threshold_average`, docs/method.md, "Thresholds"). The paper's L_corr
+    and L_incorr are "running averages ... calculated from epoch 0 to E-1". Readings:
+
+    - `"pooled"` (default): every S_noInt observation of epochs 0 .. E-1 counts once. Epoch 0,
+      where every sample is in S_noInt and losses are highest, outweighs the later epochs.
+    - `"epoch_mean"`: the mean over epochs 0 .. E-1 of each epoch's class mean, each epoch
+      weighted equally; an epoch without an observation of a class does not count for it.
+    - `"ema"`: an exponential moving average of the per-epoch class means with the fixed decay
+      `EMA_DECAY` (see there why); the first epoch's mean initialises it, epochs without an
+      observation of a class leave it unchanged.
+    - `"last_epoch"`: the class means of epoch E-1 alone, or of the most recent epoch with an
+      observation of that class.
+    The tracker keeps all four (a few floats), so `averages(kind)` reports any of them; the
+    decision uses the configured one. L_avg, the running average of all S_noInt observations
+    (`region1_rule="avg_loss"`), is averaged the same way.
+
+    Ablations (docs/method.md, "Ablations"); the defaults are the method:
+
+    - `region1_rule="accuracy"` (paper Sec. 7.7, Table 3, "Threshold = Accuracy"): Region 1
+      is the samples classified correctly in epoch E (majority of their records, a tie
+      correct). An interpolated Region-1 member stays in S_int while its interpolated record is
+      correct (the analogue of staying below L_mid). Region 3 is still l > L_incorr, among the
+      incorrect samples.
+    - `region1_rule="avg_loss"` (Table 3, "Threshold = Average Loss"): one threshold L_avg, the
+      running average loss of all S_noInt observations (correct and incorrect together). Region
+      1 is l < L_avg, and a Region-1 member stays while its interpolated loss stays below L_avg
+      ("and vice-versa": at or above it the sample is not interpolated). The paper's row has
+      no Region 3 (it compares with "Region 1 only": pass `regions=(1,)`); with
+      `regions=(1, 3)` Region 3 keeps its own rule, l > L_incorr outside Region 1.
+    - `region3_rule="l_incorr"` (Table 3, "Region 1 and threshold = Lincorr for Region 3"):
+      every S_noInt sample with l > L_incorr (outside Region 1) is admitted, without the
+      increase test; it leaves S_int after its period like any Region-3 member.
+    - `region3_increases=k` (Sec. 3.2, Fig. 8b; Sec. 7.8, Table 4): Region 3 admits a sample
+      only after k consecutive increases of its non-interpolated loss. The count goes up by one
+      for each S_noInt record above the sample's previous non-interpolated loss (epochs in
+      S_int or without a record are passed over, as `prev_noint_loss` is), restarts at 0 on
+      any other S_noInt record, and restarts at 0 when the sample is admitted through Region 3.
+      The increases need not all lie in Region 3; the last record must. k = 1 is the method.
+    - `region3_epochs=m` (Sec. 7.8: samples "are skipped for the next k epochs", with m = k in
+      the paper's variants): a Region-3 member stays in S_int for m epochs, whatever its
+      records, then returns to S_noInt. A member without a record during its period (the
+      sampler's "skip" action) keeps its place too. m = 1 is the method.
+    - `regions=(3,)` ("Region 3 only", Sec. 7.6, Fig. 13b; Table 4 applies no Region-1
+      interpolation): Region 1 admits nobody; the regions are still counted.
+    Settings that cannot take effect are refused: the Region-1 rule without Region 1, the
+    Region-3 settings without Region 3, `region3_increases` with `region3_rule="l_incorr"`,
+    every rule with `selective=False`, and 4-way composites without the L_mid Region 1.
 
     Four-way selection (`max_group_size=4`, issue 6). Pairs are the paper's first step of
     interpolation; a 4-way composite shows each constituent on about a quarter of the input, a
@@ -124,6 +224,12 @@ class AmenabilityTracker:
         max_group_size: 2 for pairs only (the paper); 4 to also mark samples for 4-way
             composites (see "Four-way selection"). Needs `selective=True`.
         four_way_selection: "robust" (the rule above) or "region1" (its ablation).
+        threshold_average: One of `THRESHOLD_AVERAGES` (see "Threshold averages").
+        region1_rule: One of `REGION1_RULES`: "l_mid" (the method), "accuracy" or "avg_loss"
+            (see "Ablations").
+        region3_rule: One of `REGION3_RULES`: "increase" (the method) or "l_incorr".
+        region3_increases: k, consecutive increases Region 3 needs (1, the method, to 255).
+        region3_epochs: m, epochs a Region-3 member stays in S_int (1, the method, to 255).
     """
 
     def __init__(
@@ -133,6 +239,11 @@ class AmenabilityTracker:
         regions: tuple[int, ...] = (1, 3),
         max_group_size: int = 2,
         four_way_selection: str = "robust",
+        threshold_average: str = "pooled",
+        region1_rule: str = "l_mid",
+        region3_rule: str = "increase",
+        region3_increases: int = 1,
+        region3_epochs: int = 1,
     ):
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}; pass len(train_dataset).")
@@ -143,7 +254,7 @@ class AmenabilityTracker:
         except (TypeError, ValueError):
             raise ValueError(f"regions must be a tuple of ints, got {regions!r}; pass (1, 3) or (1,).") from None
         if not regions_t or len(set(regions_t)) != len(regions_t) or not set(regions_t) <= set(_VALID_REGIONS):
-            raise ValueError(f"regions must be a non-empty subset of {_VALID_REGIONS} without repeats, got {regions!r}; pass (1, 3) or (1,).")
+            raise ValueError(f"regions must be a non-empty subset of {_VALID_REGIONS} without repeats, got {regions!r}; pass (1, 3), (1,) or (3,).")
         if isinstance(max_group_size, bool) or max_group_size not in _GROUP_SIZES:
             raise ValueError(f"max_group_size must be 2 or 4, got {max_group_size!r}; pass 2 (pairs, the paper) or 4 (4-way composites).")
         if max_group_size == 4 and not selective:
@@ -155,6 +266,12 @@ class AmenabilityTracker:
             raise ValueError(f"four_way_selection must be one of {FOUR_WAY_SELECTIONS}, got {four_way_selection!r}; pass 'robust' (default) or 'region1' (ablation).")
         self.max_group_size = int(max_group_size)
         self.four_way_selection = str(four_way_selection)
+        _check_rules(self.selective, self.regions, self.max_group_size, threshold_average, region1_rule, region3_rule, region3_increases, region3_epochs)
+        self.threshold_average = str(threshold_average)
+        self.region1_rule = str(region1_rule)
+        self.region3_rule = str(region3_rule)
+        self.region3_increases = int(region3_increases)
+        self.region3_epochs = int(region3_epochs)
         self.epoch = 0
         self._revision = 0
         n = self.num_samples
@@ -165,6 +282,14 @@ class AmenabilityTracker:
         # Pooled S_noInt observations of completed epochs: index 0 correct, 1 incorrect.
         self._pooled_sum = np.zeros(2, dtype=np.float64)
         self._pooled_count = np.zeros(2, dtype=np.int64)
+        # Per-epoch class means folded over completed epochs: index 0 correct, 1 incorrect, 2 all.
+        self._epoch_mean_sum = np.zeros(3, dtype=np.float64)
+        self._epoch_mean_count = np.zeros(3, dtype=np.int64)
+        self._ema_mean = np.full(3, np.nan, dtype=np.float64)
+        self._last_epoch_mean = np.full(3, np.nan, dtype=np.float64)
+        # Consecutive increases of the non-interpolated loss, and epochs left in a Region-3 period.
+        self._increases = np.zeros(n, dtype=np.uint8)
+        self._region3_left = np.zeros(n, dtype=np.uint8)
         # Current-epoch buffers; int32 and float32 so they can be all-reduced with NCCL.
         self._loss_sum = np.zeros(n, dtype=np.float32)
         self._correct_count = np.zeros(n, dtype=np.int32)
@@ -198,9 +323,23 @@ class AmenabilityTracker:
         """Boolean membership of S_int for the current epoch."""
         return self._reason != NOT_INTERPOLATED
 
-    def s_int_indices(self) -> np.ndarray:
-        """Sorted int64 indices of S_int(current epoch)."""
-        return np.flatnonzero(self._reason != NOT_INTERPOLATED).astype(np.int64, copy=False)
+    @property
+    def increases(self) -> np.ndarray:
+        """Read-only uint8 count of consecutive increases of each sample's non-interpolated loss."""
+        return _read_only(self._increases)
+
+    def s_int_indices(self, reason: int | None = None) -> np.ndarray:
+        """Sorted int64 indices of S_int(current epoch), or of its members with one reason code.
+
+        Args:
+            reason: None for all of S_int; `REGION_1`, `REGION_3` or `NAIVE` for the members in
+                S_int for that reason (e.g. a sampler that treats Region 3 apart, paper Table 4).
+        """
+        if reason is None:
+            return np.flatnonzero(self._reason != NOT_INTERPOLATED).astype(np.int64, copy=False)
+        if isinstance(reason, bool) or reason not in _REASONS:
+            raise ValueError(f"reason must be one of REGION_1, NAIVE, REGION_3 {_REASONS} or None, got {reason!r}; use s_noint_indices() for S_noInt.")
+        return np.flatnonzero(self._reason == reason).astype(np.int64, copy=False)
 
     @property
     def in_quads(self) -> np.ndarray:
@@ -219,20 +358,47 @@ class AmenabilityTracker:
         """Sorted int64 indices of S_noInt(current epoch)."""
         return np.flatnonzero(self._reason == NOT_INTERPOLATED).astype(np.int64, copy=False)
 
-    def averages(self) -> tuple[float, float, float]:
-        """(L_corr, L_incorr, L_mid) pooled over the S_noInt records of all completed epochs.
+    def averages(self, kind: str | None = None) -> tuple[float, float, float]:
+        """(L_corr, L_incorr, L_mid) over the S_noInt records of all completed epochs.
 
-        Each is NaN while undefined; L_mid is NaN unless both others are defined.
+        docs/method.md, "Thresholds". Each is NaN while undefined; L_mid is NaN unless both others
+        are defined.
+
+        Args:
+            kind: One of `THRESHOLD_AVERAGES` (see the class's "Threshold averages"); None for
+                the configured `threshold_average`, the one the decisions use.
         """
-        l_corr = self._pooled_sum[0] / self._pooled_count[0] if self._pooled_count[0] else math.nan
-        l_incorr = self._pooled_sum[1] / self._pooled_count[1] if self._pooled_count[1] else math.nan
-        return float(l_corr), float(l_incorr), float(0.5 * (l_corr + l_incorr))
+        l_corr, l_incorr, _ = self._means(kind)
+        return l_corr, l_incorr, float(0.5 * (l_corr + l_incorr))
+
+    def average_loss(self, kind: str | None = None) -> float:
+        """L_avg: the average loss of all S_noInt records of completed epochs, averaged like `averages`.
+
+        The threshold of `region1_rule="avg_loss"` (paper Sec. 7.7); NaN while undefined.
+        """
+        return self._means(kind)[2]
+
+    def _means(self, kind: str | None) -> tuple[float, float, float]:
+        kind = self.threshold_average if kind is None else kind
+        if kind == "pooled":
+            sums = (self._pooled_sum[0], self._pooled_sum[1], self._pooled_sum[0] + self._pooled_sum[1])
+            counts = (self._pooled_count[0], self._pooled_count[1], self._pooled_count[0] + self._pooled_count[1])
+            return tuple(float(s / c) if c else math.nan for s, c in zip(sums, counts))
+        if kind == "epoch_mean":
+            return tuple(float(s / c) if c else math.nan for s, c in zip(self._epoch_mean_sum, self._epoch_mean_count))
+        if kind == "ema":
+            return tuple(float(x) for x in self._ema_mean)
+        if kind == "last_epoch":
+            return tuple(float(x) for x in self._last_epoch_mean)
+        raise ValueError(f"kind must be one of {THRESHOLD_AVERAGES} or None, got {kind!r}; pass None for the configured threshold_average.")
 
     def adaptive_ratio(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Adaptive LinAvg ratio r = L_a / (L_a + L_b) from the most recent recorded losses.
+        """Adaptive LinAvg ratio r = L_a / (L_a + L_b) from the most recent recorded losses, bounded.
 
-        ALGORITHM.md "Adaptive interpolation": the harder constituent gets the larger share.
-        r is 0.5 where either loss is unknown or both are 0.
+        docs/method.md, "Adaptive interpolation": the harder constituent gets the larger share.
+        r is clipped to [ADAPTIVE_RATIO_MIN, 1 - ADAPTIVE_RATIO_MIN] = [0.25, 0.75], so that a
+        constituent whose last loss is about 0 is still in the input (see `ADAPTIVE_RATIO_MIN`);
+        r is 0.5 where either loss is unknown or both are 0. r(a, b) = 1 - r(b, a) up to rounding.
 
         Args:
             a: Indices of the first constituents.
@@ -249,7 +415,7 @@ class AmenabilityTracker:
         total = la + self._last_loss[b]
         ratio = np.full(a.shape, 0.5, dtype=np.float32)
         np.divide(la, total, out=ratio, where=total > 0)  # NaN > 0 is False.
-        return ratio
+        return np.clip(ratio, np.float32(ADAPTIVE_RATIO_MIN), np.float32(1 - ADAPTIVE_RATIO_MIN), out=ratio)
 
     # ----------------------------------------------------------------------------------------
     # Recording
@@ -320,10 +486,10 @@ class AmenabilityTracker:
     def end_epoch(self) -> EpochSummary:
         """Judge the current epoch E's records and set the membership of epoch E + 1.
 
-        ALGORITHM.md "Selective interpolation", in this order: regions from the averages of
-        epochs 0 .. E-1; membership of E + 1; then E's S_noInt records join the averages and
-        each sample's last losses are updated; the buffers are cleared and `epoch` becomes
-        E + 1.
+        docs/method.md, "Selective interpolation", in this order: regions from the averages of
+        epochs 0 .. E-1 (of the configured `threshold_average`); membership of E + 1 under the
+        configured rules; then E's S_noInt records join the averages and each sample's last
+        losses are updated; the buffers are cleared and `epoch` becomes E + 1.
 
         Returns:
             The summary of epoch E for logging.
@@ -334,34 +500,61 @@ class AmenabilityTracker:
         loss = np.full(n, np.nan, dtype=np.float32)
         np.divide(self._loss_sum, self._count, out=loss, where=recorded, casting="unsafe")
         was_noint = reason == NOT_INTERPOLATED
+        noint_rec = was_noint & recorded
+        is_correct = 2 * self._correct_count >= self._count  # Majority; a tie counts as correct.
+        increases = self._next_increases(loss, noint_rec)
 
         l_corr, l_incorr, l_mid = self.averages()
+        l_avg = self.average_loss()
         defined = not math.isnan(l_mid)
         counts = [0, 0, 0]
         next_reason = np.full(n, NOT_INTERPOLATED if self.selective else NAIVE, dtype=np.int8)
         next_quad = np.zeros(n, dtype=np.bool_)
+        next_left = np.zeros(n, dtype=np.uint8)
         if defined:
-            in_r1 = loss < l_mid  # NaN (unrecorded) compares False everywhere.
+            if self.region1_rule == "l_mid":
+                in_r1 = loss < l_mid  # NaN (unrecorded) compares False everywhere.
+            elif self.region1_rule == "avg_loss":
+                in_r1 = loss < l_avg
+            else:
+                in_r1 = recorded & is_correct
             in_r3 = loss > l_incorr
             in_r3 &= ~in_r1
             counts[0] = int(np.count_nonzero(in_r1))
             counts[2] = int(np.count_nonzero(in_r3))
             counts[1] = int(np.count_nonzero(recorded)) - counts[0] - counts[2]
             if self.selective and 1 in self.regions:
-                # S_noInt admitted by Region 1, and Region-1 members that stay below L_mid.
+                # S_noInt admitted by Region 1, and Region-1 members that stay in Region 1.
                 next_reason[in_r1 & (was_noint | (reason == REGION_1))] = REGION_1
                 if self.max_group_size == 4:
                     bar = l_corr if self.four_way_selection == "robust" else l_mid
                     next_quad = (reason == REGION_1) & (next_reason == REGION_1) & (loss < bar)
             if self.selective and 3 in self.regions:
-                increased = loss > self._prev_noint_loss  # Unknown previous loss: False.
-                next_reason[in_r3 & was_noint & increased] = REGION_3
+                admitted = in_r3 & was_noint
+                if self.region3_rule == "increase":
+                    admitted &= increases >= self.region3_increases  # Unknown previous loss: no increase.
+                next_reason[admitted] = REGION_3
+                next_left[admitted] = self.region3_epochs
+                increases[admitted] = 0
+        staying = (reason == REGION_3) & (self._region3_left > 1)  # In a Region-3 period, recorded or not.
+        next_reason[staying] = REGION_3
+        next_left[staying] = self._region3_left[staying] - 1
 
-        noint_rec = was_noint & recorded
-        is_correct = 2 * self._correct_count >= self._count  # Majority; a tie counts as correct.
+        below = [math.nan, math.nan]
+        for slot, mask in enumerate((noint_rec & is_correct, noint_rec & ~is_correct)):
+            total = int(np.count_nonzero(mask))
+            if defined and total:
+                below[slot] = int(np.count_nonzero(mask & (loss < l_mid))) / total
+        next_noint = next_reason == NOT_INTERPOLATED
+
+        sums, obs = np.zeros(3, dtype=np.float64), np.zeros(3, dtype=np.int64)
         for slot, mask in ((0, noint_rec & is_correct), (1, noint_rec & ~is_correct)):
-            self._pooled_sum[slot] += loss[mask].sum(dtype=np.float64)
-            self._pooled_count[slot] += int(np.count_nonzero(mask))
+            sums[slot] = loss[mask].sum(dtype=np.float64)
+            obs[slot] = int(np.count_nonzero(mask))
+            self._pooled_sum[slot] += sums[slot]
+            self._pooled_count[slot] += obs[slot]
+        sums[2], obs[2] = sums[0] + sums[1], obs[0] + obs[1]
+        self._fold_epoch_means(sums, obs)
         np.copyto(self._last_loss, loss, where=recorded)
         np.copyto(self._prev_noint_loss, loss, where=noint_rec)
 
@@ -375,12 +568,20 @@ class AmenabilityTracker:
             l_corr=l_corr,
             l_incorr=l_incorr,
             l_mid=l_mid,
-            next_interpolated=n - int(np.count_nonzero(next_reason == NOT_INTERPOLATED)),
+            next_interpolated=n - int(np.count_nonzero(next_noint)),
             num_in_quads=int(np.count_nonzero(self._quad)),
             next_in_quads=int(np.count_nonzero(next_quad)),
+            l_avg=l_avg,
+            correct_below_l_mid=below[0],
+            incorrect_below_l_mid=below[1],
+            admitted_region_1=int(np.count_nonzero(was_noint & (next_reason == REGION_1))),
+            admitted_region_3=int(np.count_nonzero(was_noint & (next_reason == REGION_3))),
+            left_s_int=int(np.count_nonzero(~was_noint & next_noint)),
         )
         self._reason = next_reason
         self._quad = next_quad
+        self._increases = increases
+        self._region3_left = next_left
         self._loss_sum.fill(0)
         self._correct_count.fill(0)
         self._count.fill(0)
@@ -388,20 +589,47 @@ class AmenabilityTracker:
         self._revision += 1
         return summary
 
+    def _next_increases(self, loss: np.ndarray, noint_rec: np.ndarray) -> np.ndarray:
+        """Consecutive-increase counts after this epoch's S_noInt records (see "Ablations")."""
+        increases = self._increases.copy()
+        up = noint_rec & (loss > self._prev_noint_loss)  # Unknown previous loss: False.
+        increases[noint_rec & ~up] = 0
+        increases[up] = np.minimum(increases[up], _MAX_STREAK - 1) + 1
+        return increases
+
+    def _fold_epoch_means(self, sums: np.ndarray, obs: np.ndarray) -> None:
+        """Fold one epoch's class means (correct, incorrect, all) into the non-pooled averages."""
+        seen = obs > 0
+        means = np.divide(sums, obs, out=np.full(3, np.nan), where=seen)
+        self._epoch_mean_sum[seen] += means[seen]
+        self._epoch_mean_count[seen] += 1
+        first = seen & np.isnan(self._ema_mean)
+        self._ema_mean[first] = means[first]
+        later = seen & ~first
+        self._ema_mean[later] = EMA_DECAY * self._ema_mean[later] + (1 - EMA_DECAY) * means[later]
+        self._last_epoch_mean[seen] = means[seen]
+
     # ----------------------------------------------------------------------------------------
     # Checkpointing
     # ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Everything needed to resume, as numpy arrays only (savable with `safetensors.numpy`).
 
-        Settings (`num_samples`, `selective`, `regions`) are included so that a checkpoint of a
-        different dataset or method is refused by `load_state_dict`.
+        Settings (`num_samples`, `selective`, `regions`, `max_group_size`, and the threshold
+        settings as int codes: the index into `THRESHOLD_AVERAGES`, `REGION1_RULES`,
+        `REGION3_RULES`) are included so that a checkpoint of a different dataset or method is
+        refused by `load_state_dict`.
         """
         return {
             "num_samples": np.array([self.num_samples], dtype=np.int64),
             "selective": np.array([self.selective], dtype=np.bool_),
             "regions": np.array(self.regions, dtype=np.int64),
             "max_group_size": np.array([self.max_group_size], dtype=np.int64),
+            "threshold_average": np.array([THRESHOLD_AVERAGES.index(self.threshold_average)], dtype=np.int64),
+            "region1_rule": np.array([REGION1_RULES.index(self.region1_rule)], dtype=np.int64),
+            "region3_rule": np.array([REGION3_RULES.index(self.region3_rule)], dtype=np.int64),
+            "region3_increases": np.array([self.region3_increases], dtype=np.int64),
+            "region3_epochs": np.array([self.region3_epochs], dtype=np.int64),
             "epoch": np.array([self.epoch], dtype=np.int64),
             "reason": self._reason.copy(),
             "in_quads": self._quad.copy(),
@@ -409,6 +637,12 @@ class AmenabilityTracker:
             "prev_noint_loss": self._prev_noint_loss.copy(),
             "pooled_sum": self._pooled_sum.copy(),
             "pooled_count": self._pooled_count.copy(),
+            "epoch_mean_sum": self._epoch_mean_sum.copy(),
+            "epoch_mean_count": self._epoch_mean_count.copy(),
+            "ema_mean": self._ema_mean.copy(),
+            "last_epoch_mean": self._last_epoch_mean.copy(),
+            "increases": self._increases.copy(),
+            "region3_left": self._region3_left.copy(),
             "epoch_loss_sum": self._loss_sum.copy(),
             "epoch_correct_count": self._correct_count.copy(),
             "epoch_count": self._count.copy(),
@@ -417,11 +651,27 @@ class AmenabilityTracker:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore a `state_dict`, refusing one of another dataset size or other settings.
 
+        States saved before the threshold settings existed load as the defaults ("pooled", the
+        L_mid and increase rules, k = m = 1) with empty non-pooled averages and zero increase
+        counts; their Region-3 members leave S_int after this epoch, as they did then.
+
         Raises:
-            ValueError: When a key is missing, or num_samples, selective or regions differ.
+            ValueError: When a key is missing, or num_samples, selective, regions, max_group_size
+                or a threshold setting differ.
         """
+        n = self.num_samples
         # States saved before 4-way composites existed: pairs only.
-        state = {"max_group_size": np.array([2]), "in_quads": np.zeros(self.num_samples, dtype=np.bool_), **state}
+        state = {"max_group_size": np.array([2]), "in_quads": np.zeros(n, dtype=np.bool_), **state}
+        if "reason" in state:  # States saved before the threshold settings existed: the defaults.
+            region3_left = (np.asarray(state["reason"]) == REGION_3).astype(np.uint8)
+            defaults = {
+                "threshold_average": np.array([0]), "region1_rule": np.array([0]), "region3_rule": np.array([0]),
+                "region3_increases": np.array([1]), "region3_epochs": np.array([1]),
+                "epoch_mean_sum": np.zeros(3), "epoch_mean_count": np.zeros(3, dtype=np.int64),
+                "ema_mean": np.full(3, np.nan), "last_epoch_mean": np.full(3, np.nan),
+                "increases": np.zeros(n, dtype=np.uint8), "region3_left": region3_left,
+            }
+            state = {**defaults, **state}
         missing = sorted(set(self.state_dict()) - set(state))
         if missing:
             raise ValueError(f"tracker state is missing {missing}; load a state saved by AmenabilityTracker.state_dict().")
@@ -435,16 +685,27 @@ class AmenabilityTracker:
         max_group_size = int(np.asarray(state["max_group_size"]).reshape(-1)[0])
         if max_group_size != self.max_group_size:
             raise ValueError(f"tracker state has max_group_size={max_group_size} but this tracker has {self.max_group_size}; resume with the same four_way setting.")
+        for key, choices in (("threshold_average", THRESHOLD_AVERAGES), ("region1_rule", REGION1_RULES), ("region3_rule", REGION3_RULES)):
+            code = int(np.asarray(state[key]).reshape(-1)[0])
+            if not 0 <= code < len(choices):
+                raise ValueError(f"tracker state has {key} code {code}, not an index into {choices}; the checkpoint is corrupt, start a new run.")
+            if choices[code] != getattr(self, key):
+                raise ValueError(f"tracker state has {key}={choices[code]!r} but this tracker has {getattr(self, key)!r}; resume with the same {key}.")
+        for key in ("region3_increases", "region3_epochs"):
+            value = int(np.asarray(state[key]).reshape(-1)[0])
+            if value != getattr(self, key):
+                raise ValueError(f"tracker state has {key}={value} but this tracker has {getattr(self, key)}; resume with the same {key}.")
         per_sample = {
             "reason": np.int8, "in_quads": np.bool_, "last_loss": np.float32, "prev_noint_loss": np.float32,
             "epoch_loss_sum": np.float32, "epoch_correct_count": np.int32, "epoch_count": np.int32,
+            "increases": np.uint8, "region3_left": np.uint8,
         }
         for key in per_sample:
             if np.asarray(state[key]).shape != (self.num_samples,):
                 raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected ({self.num_samples},); the checkpoint is corrupt, start a new run.")
-        for key in ("pooled_sum", "pooled_count"):
-            if np.asarray(state[key]).shape != (2,):
-                raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected (2,); the checkpoint is corrupt, start a new run.")
+        for key, size in (("pooled_sum", 2), ("pooled_count", 2), ("epoch_mean_sum", 3), ("epoch_mean_count", 3), ("ema_mean", 3), ("last_epoch_mean", 3)):
+            if np.asarray(state[key]).shape != (size,):
+                raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected ({size},); the checkpoint is corrupt, start a new run.")
         self.epoch = int(np.asarray(state["epoch"]).reshape(-1)[0])
         self._reason = np.array(state["reason"], dtype=np.int8)
         self._quad = np.array(state["in_quads"], dtype=np.bool_) & (self._reason != NOT_INTERPOLATED)
@@ -452,6 +713,12 @@ class AmenabilityTracker:
         self._prev_noint_loss = np.array(state["prev_noint_loss"], dtype=np.float32)
         self._pooled_sum = np.array(state["pooled_sum"], dtype=np.float64)
         self._pooled_count = np.array(state["pooled_count"], dtype=np.int64)
+        self._epoch_mean_sum = np.array(state["epoch_mean_sum"], dtype=np.float64)
+        self._epoch_mean_count = np.array(state["epoch_mean_count"], dtype=np.int64)
+        self._ema_mean = np.array(state["ema_mean"], dtype=np.float64)
+        self._last_epoch_mean = np.array(state["last_epoch_mean"], dtype=np.float64)
+        self._increases = np.array(state["increases"], dtype=np.uint8)
+        self._region3_left = np.array(state["region3_left"], dtype=np.uint8) * (self._reason == REGION_3)
         self._loss_sum = np.array(state["epoch_loss_sum"], dtype=np.float32)
         self._correct_count = np.array(state["epoch_correct_count"], dtype=np.int32)
         self._count = np.array(state["epoch_count"], dtype=np.int32)
@@ -467,6 +734,55 @@ class AmenabilityTracker:
         if idx.min() < 0 or idx.max() >= self.num_samples:
             raise ValueError(f"{name} must lie in [0, {self.num_samples}), got values in [{idx.min()}, {idx.max()}]; pass indices of this training set.")
         return idx.astype(np.int64, copy=False)
+
+
+def _check_rules(
+    selective: bool,
+    regions: tuple[int, ...],
+    max_group_size: int,
+    threshold_average: str,
+    region1_rule: str,
+    region3_rule: str,
+    region3_increases: int,
+    region3_epochs: int,
+) -> None:
+    """Refuse invalid threshold settings and combinations that cannot take effect (see "Ablations")."""
+    for name, value, choices in (
+        ("threshold_average", threshold_average, THRESHOLD_AVERAGES),
+        ("region1_rule", region1_rule, REGION1_RULES),
+        ("region3_rule", region3_rule, REGION3_RULES),
+    ):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}; pass {choices[0]!r} (the method) or an ablation from the list.")
+    for name, value in (("region3_increases", region3_increases), ("region3_epochs", region3_epochs)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= _MAX_STREAK:
+            raise ValueError(f"{name} must be an int in [1, {_MAX_STREAK}], got {value!r}; pass 1 (the method) or the paper's k = 2 or 3.")
+    changed = [
+        name
+        for name, value, default in (
+            ("threshold_average", threshold_average, "pooled"),
+            ("region1_rule", region1_rule, "l_mid"),
+            ("region3_rule", region3_rule, "increase"),
+            ("region3_increases", region3_increases, 1),
+            ("region3_epochs", region3_epochs, 1),
+        )
+        if value != default
+    ]
+    if not selective and changed:
+        raise ValueError(f"{', '.join(changed)} {_need(changed)} selective=True: naive interpolation judges no sample; leave them at their defaults or use selective interpolation.")
+    if 1 not in regions and region1_rule != "l_mid":
+        raise ValueError(f"region1_rule={region1_rule!r} needs Region 1 in regions, got {regions}; pass regions=(1,) or (1, 3), or leave region1_rule='l_mid'.")
+    region3_settings = [name for name in changed if name.startswith("region3")]
+    if 3 not in regions and region3_settings:
+        raise ValueError(f"{', '.join(region3_settings)} {_need(region3_settings)} Region 3 in regions, got {regions}; pass regions=(1, 3) or (3,), or leave them at their defaults.")
+    if region3_rule == "l_incorr" and region3_increases != 1:
+        raise ValueError(f"region3_increases={region3_increases} has no effect with region3_rule='l_incorr', which drops the increase test; pass region3_rule='increase' or region3_increases=1.")
+    if max_group_size == 4 and (1 not in regions or region1_rule != "l_mid"):
+        raise ValueError(f"max_group_size=4 needs Region 1 with region1_rule='l_mid' (4-way members are chosen among Region-1 members by their loss), got regions={regions}, region1_rule={region1_rule!r}; use pairs or the L_mid Region 1.")
+
+
+def _need(names: list[str]) -> str:
+    return "needs" if len(names) == 1 else "need"
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -321,6 +321,12 @@ def test_summary_counts():
         "next_interpolated": 3,
         "num_in_quads": 0,
         "next_in_quads": 0,
+        "l_avg": 2.0,
+        "correct_below_l_mid": 0.5,
+        "incorrect_below_l_mid": 0.0,
+        "admitted_region_1": 2,
+        "admitted_region_3": 1,
+        "left_s_int": 0,
     }
     summary = run_epoch(tracker, [0.5] * N, CORRECT0)
     assert summary.epoch == 2 and summary.num_interpolated == 3
@@ -462,3 +468,316 @@ def test_region1_four_way_selection_groups_every_region1_member_on_its_second_ep
     assert region1.s_int_quad_indices().tolist() == [0, 1, 3]  # 1.5 < L_mid suffices
     with pytest.raises(ValueError, match="four_way_selection must be one of"):
         AmenabilityTracker(N, max_group_size=4, four_way_selection="all")
+
+
+# ---------------------------------------------------------------------------------------------
+# Threshold averages: pooled, epoch_mean, ema, last_epoch
+def three_epochs_of_different_sizes(kind: str) -> AmenabilityTracker:
+    """Epoch 0: 4 correct at 1, 2 incorrect at 4. Epoch 1: one correct at 3, one incorrect at 10. Epoch 2: one correct at 5."""
+    tracker = AmenabilityTracker(6, regions=(1,), threshold_average=kind)
+    run_epoch(tracker, [1.0] * 4 + [4.0] * 2, [True] * 4 + [False] * 2)
+    tracker.record(np.array([0, 4]), np.array([3.0, 10.0]), np.array([True, False]))
+    tracker.end_epoch()
+    tracker.record(np.array([0]), np.array([5.0]), np.array([True]))
+    tracker.end_epoch()
+    return tracker
+
+
+def test_threshold_averages_by_hand():
+    tracker = three_epochs_of_different_sizes("pooled")
+    # (L_corr, L_incorr, L_mid), L_avg of every kind, whichever is configured.
+    expected = {
+        "pooled": ((4 + 3 + 5) / 6, (8 + 10) / 3, 4.0, (12 + 3 + 10 + 5) / 9),
+        "epoch_mean": ((1 + 3 + 5) / 3, (4 + 10) / 2, 5.0, (2 + 6.5 + 5) / 3),  # Epoch 2 has no incorrect mean.
+        "ema": (0.5 * (0.5 * 1 + 0.5 * 3) + 0.5 * 5, 0.5 * 4 + 0.5 * 10, 5.25, 0.5 * (0.5 * 2 + 0.5 * 6.5) + 0.5 * 5),
+        "last_epoch": (5.0, 10.0, 7.5, 5.0),  # L_incorr falls back to epoch 1, the last with an incorrect record.
+    }
+    for kind, (l_corr, l_incorr, l_mid, l_avg) in expected.items():
+        assert tracker.averages(kind) == pytest.approx((l_corr, l_incorr, l_mid)), kind
+        assert tracker.average_loss(kind) == pytest.approx(l_avg), kind
+        configured = three_epochs_of_different_sizes(kind)
+        assert configured.averages() == pytest.approx((l_corr, l_incorr, l_mid)), kind
+        assert configured.average_loss() == pytest.approx(l_avg), kind
+    assert tracker.averages() == tracker.averages("pooled")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tracker.averages("mean")
+
+
+def test_ema_uses_the_fixed_decay_and_the_first_epoch_initialises_it():
+    from hf_intertrain.tracker import EMA_DECAY
+
+    assert EMA_DECAY == 0.5
+    tracker = AmenabilityTracker(2, regions=(1,), threshold_average="ema")  # Both samples stay in S_noInt.
+    means = [(1.0, 4.0), (3.0, 10.0), (2.0, 6.0)]
+    ema = None
+    for l_corr, l_incorr in means:
+        run_epoch(tracker, [l_corr, l_incorr], [True, False])
+        ema = (l_corr, l_incorr) if ema is None else tuple(EMA_DECAY * e + (1 - EMA_DECAY) * m for e, m in zip(ema, (l_corr, l_incorr)))
+        assert tracker.averages()[:2] == pytest.approx(ema)
+    assert tracker.averages()[:2] == pytest.approx((0.25 * 1 + 0.25 * 3 + 0.5 * 2, 0.25 * 4 + 0.25 * 10 + 0.5 * 6))
+
+
+def test_decision_uses_the_configured_threshold_average():
+    # L_mid after three_epochs_of_different_sizes: pooled 4, epoch_mean 5, ema 5.25, last_epoch 7.5.
+    expected = {"pooled": (4.0, []), "epoch_mean": (5.0, [1]), "ema": (5.25, [1]), "last_epoch": (7.5, [1, 2])}
+    for kind, (l_mid, s_int) in expected.items():
+        tracker = three_epochs_of_different_sizes(kind)
+        summary = run_epoch(tracker, [0.0, 4.5, 6.0, 0.0, 0.0, 0.0], [False, True, True, False, False, False])
+        assert summary.l_mid == l_mid, kind
+        # Samples 0 and 3-5 are incorrect with loss 0: Region 1 under every kind.
+        assert tracker.s_int_indices().tolist() == sorted(s_int + [0, 3, 4, 5]), kind
+
+
+def test_pooled_is_the_default_threshold_average():
+    assert AmenabilityTracker(N).threshold_average == "pooled"
+    tracker = three_epochs_of_different_sizes("pooled")
+    assert tracker.averages() == pytest.approx((2.0, 6.0, 4.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-epoch diagnostics: Fig. 5 efficacy of L_mid, admissions (Fig. 6, 8a), departures
+def test_summary_diagnostics_count_only_noint_records_and_decisions():
+    tracker = tracker_after_epoch0()  # L_corr = 1, L_incorr = 3, L_mid = 2.
+    summary = run_epoch(tracker, [0.5, 0.5, 2.5, 1.5, 3.5, 1.0, 2.5, 2.5], CORRECT0)
+    assert summary.correct_below_l_mid == 0.75  # 0.5, 0.5, 1.5 of 0.5, 0.5, 2.5, 1.5.
+    assert summary.incorrect_below_l_mid == 0.25  # 1.0 of 3.5, 1.0, 2.5, 2.5.
+    assert (summary.admitted_region_1, summary.admitted_region_3, summary.left_s_int) == (4, 1, 0)
+    assert tracker.s_int_indices().tolist() == [0, 1, 3, 4, 5]
+    l_mid = tracker.averages()[2]
+    assert l_mid == pytest.approx(0.5 * (9.0 / 8 + 21.5 / 8))
+    # Epoch 2: S_int members 0, 3 stay, 1 and 5 rise above L_mid, Region-3 member 4 returns. Their records
+    # (sample 1 correct at 2.5, sample 4 incorrect at 0.1) are not S_noInt records and do not count.
+    summary = run_epoch(tracker, [0.1, 2.5, 0.5, 0.2, 0.1, 5.0, 1.0, 2.5], CORRECT0)
+    assert summary.correct_below_l_mid == 1.0  # Sample 2 alone.
+    assert summary.incorrect_below_l_mid == 0.5  # Samples 6 (1.0) and 7 (2.5).
+    assert (summary.admitted_region_1, summary.admitted_region_3, summary.left_s_int) == (2, 0, 3)
+    assert tracker.s_int_indices().tolist() == [0, 2, 3, 6]
+
+
+def test_summary_diagnostics_are_nan_without_l_mid_or_records():
+    tracker = AmenabilityTracker(N)
+    summary = run_epoch(tracker, LOSS0, CORRECT0)
+    assert math.isnan(summary.correct_below_l_mid) and math.isnan(summary.incorrect_below_l_mid)
+    assert (summary.admitted_region_1, summary.admitted_region_3, summary.left_s_int) == (0, 0, 0)
+    summary = run_epoch(tracker, [0.5] * N, [True] * N)  # L_mid defined, but no incorrect record.
+    assert summary.correct_below_l_mid == 1.0 and math.isnan(summary.incorrect_below_l_mid)
+    naive = AmenabilityTracker(N, selective=False)
+    for _ in range(2):
+        summary = run_epoch(naive, LOSS0, CORRECT0)
+    assert math.isnan(summary.correct_below_l_mid) and summary.left_s_int == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations of the thresholds (paper Sec. 7.6 to 7.8)
+def test_accuracy_region1_is_the_correct_samples_and_members_stay_while_correct():
+    correct1 = [True, False, True, False, False, False, False, False]
+    losses1 = [2.5, 0.5, 2.5, 2.5, 2.5, 3.5, 2.5, 2.5]
+    tracker = tracker_after_epoch0(region1_rule="accuracy")
+    summary = run_epoch(tracker, losses1, correct1)
+    # Correct samples 0 and 2 (loss above L_mid) are Region 1; incorrect sample 1 (loss 0.5) is not.
+    assert (summary.region_1, summary.region_2, summary.region_3) == (2, 5, 1)
+    assert tracker.s_int_indices(reason=REGION_1).tolist() == [0, 2]
+    assert tracker.s_int_indices(reason=REGION_3).tolist() == [5]
+    method = tracker_after_epoch0()
+    run_epoch(method, losses1, correct1)
+    assert method.s_int_indices().tolist() == [1, 5]
+    # Epoch 2 (L_incorr = 2.6): member 0 is correct at loss 9 and stays; member 2 is incorrect at 0.1 and leaves.
+    run_epoch(tracker, [9.0, 2.5, 0.1, 2.5, 2.5, 2.5, 2.5, 2.5], [True] + [False] * 7)
+    assert tracker.s_int_indices().tolist() == [0]
+
+
+def test_avg_loss_region1_uses_the_average_of_all_noint_losses():
+    correct0 = [True] * 6 + [False] * 2
+    losses1 = [1.7, 1.2, 1.0] + [2.5] * 5
+    trackers = {}
+    for rule in ("avg_loss", "l_mid"):
+        tracker = AmenabilityTracker(N, regions=(1,), region1_rule=rule)
+        run_epoch(tracker, [1.0] * 6 + [3.0] * 2, correct0)  # L_corr 1, L_incorr 3, L_mid 2, L_avg 1.5.
+        summary = run_epoch(tracker, losses1, correct0)
+        assert summary.l_avg == 1.5 and summary.l_mid == 2.0
+        trackers[rule] = tracker
+    assert trackers["avg_loss"].s_int_indices().tolist() == [1, 2]
+    assert trackers["l_mid"].s_int_indices().tolist() == [0, 1, 2]
+    tracker = trackers["avg_loss"]
+    l_avg = tracker.average_loss()
+    assert l_avg == pytest.approx((12.0 + 16.4) / 16, rel=1e-6) and l_avg + 0.1 < tracker.averages()[2]
+    run_epoch(tracker, [2.5, l_avg - 0.1, l_avg + 0.1] + [2.5] * 5, correct0)
+    assert tracker.s_int_indices().tolist() == [1]  # Member 2 is below L_mid but not below L_avg: it leaves.
+
+
+def test_l_incorr_region3_admits_without_the_increase_test():
+    for rule, expected in (("increase", []), ("l_incorr", [7])):
+        tracker = AmenabilityTracker(N, region3_rule=rule)
+        run_epoch(tracker, [1.0] * 4 + [3.0] * 3 + [9.0], CORRECT0)  # L_incorr = 4.5, L_mid = 2.75.
+        run_epoch(tracker, [3.0] * 7 + [8.0], CORRECT0)  # Sample 7: Region 3 but 9 -> 8 decreased.
+        assert tracker.s_int_indices().tolist() == expected, rule
+    run_epoch(tracker, [3.5] * 7 + [8.0], CORRECT0)  # L_mid = 3.1875, L_incorr = 4.375: only 7 in Region 3.
+    assert not tracker.interpolated.any()  # After one epoch it returns, like any Region-3 member.
+
+
+def test_region3_with_k_2_needs_two_consecutive_increases():
+    tracker = tracker_after_epoch0(region3_increases=2)  # Thresholds stay 1, 3, 2 throughout.
+    # Previous losses of 4-7: 3.0. Epoch 1: 4 and 6 increase once, 5 and 7 decrease.
+    run_epoch(tracker, [1.0] * 4 + [3.5, 2.5, 3.5, 2.5], CORRECT0)
+    assert tracker.s_int_indices(reason=REGION_3).size == 0
+    assert tracker.increases[4:].tolist() == [1, 0, 1, 0]
+    method = tracker_after_epoch0()
+    run_epoch(method, [1.0] * 4 + [3.5, 2.5, 3.5, 2.5], CORRECT0)
+    assert method.s_int_indices(reason=REGION_3).tolist() == [4, 6]
+    # Epoch 2: 4 increases again (second in a row) and is admitted; 6 decreases; 7 increases once.
+    summary = run_epoch(tracker, [1.0] * 4 + [4.0, 2.0, 3.0, 3.0], CORRECT0)
+    assert tracker.s_int_indices(reason=REGION_3).tolist() == [4] and summary.admitted_region_3 == 1
+    assert tracker.increases[4:].tolist() == [0, 0, 0, 1]  # Admission restarts the count.
+    # Epoch 3: 6 increases once after its decrease (not admitted), 7 a second time (admitted).
+    run_epoch(tracker, [1.0] * 4 + [0.5, 2.5, 3.5, 3.5], CORRECT0)
+    assert tracker.s_int_indices(reason=REGION_3).tolist() == [7]
+
+
+def test_region3_epochs_keeps_members_for_their_period_even_without_records():
+    for record_member in (True, False):
+        tracker = tracker_after_epoch0(region3_epochs=2)
+        run_epoch(tracker, [1.0] * 4 + [3.5] + [3.0] * 3, CORRECT0)
+        assert tracker.reason[4] == REGION_3
+        skipped = [] if record_member else [4]
+        record_all_but(tracker, skipped, [1.0] * 4 + [0.1] + [3.0] * 3, CORRECT0)  # Epoch 2: first of two.
+        assert tracker.reason[4] == REGION_3
+        summary = record_all_but(tracker, skipped, [1.0] * 4 + [0.1] + [3.0] * 3, CORRECT0)
+        assert tracker.reason[4] == NOT_INTERPOLATED and summary.left_s_int == 1
+
+
+def test_region3_only_admits_no_region1_sample():
+    tracker = tracker_after_epoch0(regions=(3,))
+    summary = run_epoch(tracker, [0.5] + [2.5] * 3 + [3.5] * 4, CORRECT0)
+    assert summary.region_1 == 1 and summary.admitted_region_1 == 0
+    assert tracker.s_int_indices().tolist() == [4, 5, 6, 7]
+    assert tracker.s_int_indices(reason=REGION_3).tolist() == [4, 5, 6, 7]
+    assert tracker.s_int_indices(reason=REGION_1).size == 0
+
+
+def test_s_int_indices_by_reason():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5] + [2.5] * 3 + [3.5] + [2.5] * 3, CORRECT0)
+    assert tracker.s_int_indices().tolist() == [0, 4]
+    assert tracker.s_int_indices(REGION_1).tolist() == [0]
+    assert tracker.s_int_indices(reason=REGION_3).tolist() == [4]
+    assert tracker.s_int_indices(reason=NAIVE).size == 0
+    assert AmenabilityTracker(3, selective=False).s_int_indices(reason=NAIVE).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="reason must be one of"):
+        tracker.s_int_indices(reason=NOT_INTERPOLATED)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"threshold_average": "mean"}, "threshold_average must be one of"),
+        ({"region1_rule": "loss"}, "region1_rule must be one of"),
+        ({"region3_rule": "always"}, "region3_rule must be one of"),
+        ({"region3_increases": 0}, r"region3_increases must be an int in \[1, 255\]"),
+        ({"region3_increases": True}, "region3_increases must be an int"),
+        ({"region3_epochs": 256}, "region3_epochs must be an int"),
+        ({"selective": False, "threshold_average": "ema"}, "threshold_average needs selective=True"),
+        ({"regions": (3,), "region1_rule": "accuracy"}, "needs Region 1 in regions"),
+        ({"regions": (1,), "region3_rule": "l_incorr"}, "region3_rule needs Region 3 in regions"),
+        ({"regions": (1,), "region3_increases": 2, "region3_epochs": 2}, "region3_increases, region3_epochs need Region 3"),
+        ({"region3_rule": "l_incorr", "region3_increases": 2}, "drops the increase test"),
+        ({"max_group_size": 4, "regions": (3,)}, "max_group_size=4 needs Region 1"),
+        ({"max_group_size": 4, "region1_rule": "avg_loss"}, "max_group_size=4 needs Region 1"),
+    ],
+)
+def test_invalid_threshold_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AmenabilityTracker(N, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpointing of the threshold settings
+def assert_same_summary(a: EpochSummary, b: EpochSummary) -> None:
+    da, db = a.to_dict(), b.to_dict()
+    assert da.keys() == db.keys()
+    for key in da:
+        assert da[key] == db[key] or (math.isnan(da[key]) and math.isnan(db[key])), key
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"threshold_average": "epoch_mean"},
+        {"threshold_average": "ema"},
+        {"threshold_average": "last_epoch"},
+        {"region1_rule": "accuracy"},
+        {"region1_rule": "avg_loss", "regions": (1,)},
+        {"region3_rule": "l_incorr", "region3_epochs": 2},
+        {"region3_increases": 2, "regions": (3,)},
+    ],
+)
+def test_threshold_settings_state_roundtrip(tmp_path, kwargs):
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    n = 40
+    tracker = AmenabilityTracker(n, **kwargs)
+    for _ in range(4):
+        losses = rng.gamma(2.0, 1.0, n)
+        tracker.record(np.arange(n), losses, losses < 2.0)
+        tracker.end_epoch()
+    save_file(tracker.state_dict(), tmp_path / "tracker.safetensors")
+    resumed = AmenabilityTracker(n, **kwargs)
+    resumed.load_state_dict(load_file(tmp_path / "tracker.safetensors"))
+    np.testing.assert_array_equal(resumed.increases, tracker.increases)
+    for _ in range(3):
+        losses = rng.gamma(2.0, 1.0, n)
+        for t in (tracker, resumed):
+            t.record(np.arange(n), losses, losses < 2.0)
+        assert_same_summary(resumed.end_epoch(), tracker.end_epoch())
+        np.testing.assert_array_equal(resumed.reason, tracker.reason)
+        for kind in ("pooled", "epoch_mean", "ema", "last_epoch"):
+            assert resumed.averages(kind) == tracker.averages(kind)
+            assert resumed.average_loss(kind) == tracker.average_loss(kind)
+    with pytest.raises(ValueError, match="resume with the same"):
+        AmenabilityTracker(n).load_state_dict(tracker.state_dict())
+
+
+def test_state_saved_before_threshold_settings_loads_as_pooled():
+    tracker = tracker_after_epoch0()
+    run_epoch(tracker, [0.5, 3.5, 2.5, 2.5, 3.5, 2.5, 2.5, 2.5], CORRECT0)
+    new_keys = {
+        "threshold_average", "region1_rule", "region3_rule", "region3_increases", "region3_epochs",
+        "epoch_mean_sum", "epoch_mean_count", "ema_mean", "last_epoch_mean", "increases", "region3_left",
+    }
+    old = {k: v for k, v in tracker.state_dict().items() if k not in new_keys}
+    resumed = AmenabilityTracker(N)
+    resumed.load_state_dict(old)
+    assert resumed.s_int_indices(reason=REGION_3).tolist() == [1, 4]
+    losses = [0.1, 0.1, 0.1, 2.5, 4.0, 2.5, 3.9, 2.5]
+    assert_same_summary(run_epoch(resumed, losses, CORRECT0), run_epoch(tracker, losses, CORRECT0))
+    np.testing.assert_array_equal(resumed.reason, tracker.reason)  # Region-3 members 1 and 4 returned.
+    assert resumed.averages() == tracker.averages()
+    with pytest.raises(ValueError, match="threshold_average='pooled' but this tracker has 'ema'"):
+        AmenabilityTracker(N, threshold_average="ema").load_state_dict(old)
+
+
+def test_mismatched_threshold_average_is_refused():
+    state = AmenabilityTracker(N, threshold_average="ema").state_dict()
+    with pytest.raises(ValueError, match="threshold_average='ema' but this tracker has 'pooled'; resume with the same threshold_average"):
+        AmenabilityTracker(N).load_state_dict(state)
+    state["threshold_average"] = np.array([9])
+    with pytest.raises(ValueError, match="corrupt"):
+        AmenabilityTracker(N, threshold_average="ema").load_state_dict(state)
+    state = AmenabilityTracker(N, region3_increases=2).state_dict()
+    with pytest.raises(ValueError, match="region3_increases=2 but this tracker has 1"):
+        AmenabilityTracker(N).load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bound on the adaptive LinAvg ratio
+def test_adaptive_ratio_is_bounded_and_symmetric():
+    from hf_intertrain.tracker import ADAPTIVE_RATIO_MIN
+
+    assert ADAPTIVE_RATIO_MIN == 0.25
+    tracker = AmenabilityTracker(6)
+    tracker.record(np.arange(5), np.array([0.0, 2.0, 1e-6, 1.0, 1.5]), np.ones(5, dtype=bool))
+    tracker.end_epoch()
+    a, b = np.array([0, 2, 3, 0, 5]), np.array([1, 1, 4, 5, 0])
+    # Zero loss -> 0.25 (not 0); about zero -> 0.25; 1/(1+1.5) = 0.4 inside the bound; unknown -> 0.5.
+    assert tracker.adaptive_ratio(a, b).tolist() == [0.25, 0.25, pytest.approx(0.4), 0.5, 0.5]
+    assert tracker.adaptive_ratio(b, a).tolist() == [0.75, 0.75, pytest.approx(0.6), 0.5, 0.5]

@@ -8,7 +8,16 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .constants import AMENABLE_ACTIONS, EMBEDDED_DATASET, FOUR_WAY_COMPOSITES, FOUR_WAY_SELECTIONS, INTERPOLATIONS
+from .selection import check_selection
+
+from .constants import (
+    AMENABLE_ACTIONS,
+    DATA_SELECTIONS,
+    EMBEDDED_DATASET,
+    FOUR_WAY_COMPOSITES,
+    FOUR_WAY_SELECTIONS,
+    INTERPOLATIONS,
+)
 
 
 @dataclass
@@ -106,6 +115,33 @@ class InterTrainArguments(TrainingArguments):
         },
     )
 
+    # Peer methods: training on part of the data each epoch, without interpolation
+    data_selection: str = field(
+        default="none",
+        metadata={
+            "help": "Without interpolation, which samples each epoch trains (docs/method.md, 'Peer methods and "
+            "budget-matched baselines'): 'none' (all: the baseline), 'random_subset' (RS2 without replacement: a "
+            "fresh random subset of random_subset_sizes[epoch] samples, cycling through the whole dataset before "
+            "repeating) or 'infobatch' (InfoBatch soft pruning from the last losses). Needs interpolation none.",
+            "choices": list(DATA_SELECTIONS),
+        },
+    )
+    random_subset_sizes: str | None = field(
+        default=None,
+        metadata={"help": "random_subset: samples per epoch, comma-separated, one per epoch (e.g. '5000,5000,3600')."},
+    )
+    infobatch_prune_probability: float = field(
+        default=0.5,
+        metadata={
+            "help": "infobatch: probability of leaving out a sample whose last loss is below the mean; the kept ones "
+            "have their loss scaled by 1 / (1 - p)."
+        },
+    )
+    infobatch_full_data_fraction: float = field(
+        default=0.125,
+        metadata={"help": "infobatch: the final fraction of the epochs trains on every sample (InfoBatch's annealing)."},
+    )
+
     # Defaults that differ from TrainingArguments
     output_dir: str | None = field(
         default="intertrain_output", metadata={"help": "Where checkpoints, the final model and reports are written."}
@@ -154,6 +190,14 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"four_way_selection={self.four_way_selection!r} is not supported: use 'robust' (default) or 'region1'"
             )
+        if self.data_selection != "none" and self.interpolation != "none":
+            raise ValueError(
+                f"data_selection={self.data_selection!r} is a peer method trained without interpolation: pass "
+                "--interpolation none, or data_selection none for InterTrain"
+            )
+        check_selection(
+            self.data_selection, self.subset_sizes, self.infobatch_prune_probability, self.infobatch_full_data_fraction
+        )
         if not 0.0 < self.patch_ratio < 1.0:
             raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")
         regions = self.regions
@@ -171,6 +215,17 @@ class InterTrainArguments(TrainingArguments):
         except ValueError:
             raise ValueError(
                 f"amenability_regions={self.amenability_regions!r} must be a comma-separated list like '1,3'"
+            ) from None
+
+    @property
+    def subset_sizes(self) -> tuple[int, ...]:
+        """`random_subset_sizes` as a tuple of ints (empty when unset)."""
+        text = "" if self.random_subset_sizes is None else str(self.random_subset_sizes)
+        try:
+            return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+        except ValueError:
+            raise ValueError(
+                f"random_subset_sizes={self.random_subset_sizes!r} must be comma-separated whole numbers, e.g. '5000,3600'"
             ) from None
 
     @property

@@ -25,6 +25,10 @@ FOUR_WAY_COMPOSITES: tuple[str, ...] = ("none", "randpatch4", "mosaic4")
 AMENABLE_ACTIONS: tuple[str, ...] = ("interpolate", "skip")
 """What the plan does with S_int: pair it (InterTrain) or leave it out of the epoch (the ablation)."""
 
+DATA_SELECTIONS: tuple[str, ...] = ("none", "random_subset", "infobatch")
+"""Which samples a run without interpolation trains each epoch: all of them, an RS2 random subset, or InfoBatch's
+soft-pruned selection (the peer methods of `selection.py`)."""
+
 FOUR_WAY_SELECTIONS: tuple[str, ...] = ("robust", "region1")
 """`robust`: the tracker's four-way rule; `region1`: its ablation, every Region-1 member on its second epoch."""
 

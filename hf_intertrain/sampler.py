@@ -13,7 +13,7 @@ with S_int left out instead of paired (`amenable_action="skip"`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Sampler
 
 from hf_intertrain.constants import AMENABLE_ACTIONS
+from hf_intertrain.selection import check_selection, infobatch_prunes, infobatch_selection, random_subset
 from hf_intertrain.tracker import AmenabilityTracker
 
 
@@ -83,6 +84,14 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         drop_last: Drop the last batch when it has fewer than `batch_size` items.
         amenable_action: "interpolate" pairs S_int (InterTrain); "skip" leaves it out of the
             epoch (ablation). Ignored when `interpolate` is False.
+        selection: Without interpolation, which samples an epoch trains (the peer methods of
+            `selection.py`): "none" (all), "random_subset" (RS2 without replacement, `subset_sizes`
+            samples in each epoch) or "infobatch" (soft pruning from the tracker's last losses,
+            with `loss_weights` for the kept well-learned samples). Needs `interpolate=False`.
+        subset_sizes: Samples per epoch for "random_subset", one per epoch.
+        prune_probability: InfoBatch's probability of leaving a well-learned sample out.
+        full_data_fraction: InfoBatch trains every sample in this final fraction of `num_epochs`.
+        num_epochs: The run's epochs (InfoBatch's final full-data epochs need it).
     """
 
     def __init__(
@@ -95,12 +104,22 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         target_ratio: float = 0.5,
         drop_last: bool = False,
         amenable_action: str = "interpolate",
+        selection: str = "none",
+        subset_sizes: Sequence[int] | None = None,
+        prune_probability: float = 0.5,
+        full_data_fraction: float = 0.125,
+        num_epochs: int | None = None,
     ):
         if not isinstance(tracker, AmenabilityTracker):
             raise ValueError(f"tracker must be an AmenabilityTracker, got {type(tracker).__name__}; build one with AmenabilityTracker(len(train_dataset)).")
         _check_settings(batch_size, seed, interpolate, adaptive_ratio, target_ratio, drop_last)
         if amenable_action not in AMENABLE_ACTIONS:
             raise ValueError(f"amenable_action must be one of {AMENABLE_ACTIONS}, got {amenable_action!r}; pass 'interpolate' (InterTrain) or 'skip' (the ablation).")
+        check_selection(selection, subset_sizes, prune_probability, full_data_fraction, tracker.num_samples)
+        if selection != "none" and interpolate:
+            raise ValueError(f"selection={selection!r} is a peer method trained without interpolation; pass interpolate=False.")
+        if selection == "infobatch" and (num_epochs is None or num_epochs < 1):
+            raise ValueError("selection='infobatch' needs num_epochs (its final epochs train on all samples); pass the run's epochs.")
         self.tracker = tracker
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -109,7 +128,13 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         self.target_ratio = float(target_ratio)
         self.drop_last = bool(drop_last)
         self.amenable_action = str(amenable_action)
+        self.selection = str(selection)
+        self.subset_sizes = tuple(int(size) for size in subset_sizes or ())
+        self.prune_probability = float(prune_probability)
+        self.full_data_fraction = float(full_data_fraction)
+        self.num_epochs = num_epochs
         self.epoch = 0
+        self._loss_weights: np.ndarray | None = None
         self._plan: EpochPlan | None = None
         self._plan_key: tuple[int, int] | None = None
         self._num_pairs = 0
@@ -146,8 +171,17 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         return self._num_quads
 
     @property
+    def loss_weights(self) -> np.ndarray | None:
+        """Per-sample loss weights of the current epoch (float32, length N), or None when every weight is 1.
+
+        Only InfoBatch rescales: its kept well-learned samples weigh `1 / (1 - prune_probability)`.
+        """
+        self._ensure_plan()
+        return self._loss_weights
+
+    @property
     def num_skipped(self) -> int:
-        """Samples left out of the current epoch (`amenable_action="skip"`; else 0)."""
+        """Samples left out of the current epoch (`amenable_action="skip"`, or a peer `selection`; else 0)."""
         self._ensure_plan()
         return self._num_skipped
 
@@ -167,38 +201,6 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
                 for i in np.flatnonzero(item_c[start:end] >= 0).tolist():
                     items[i] = (*items[i], int(item_c[start + i]), int(item_d[start + i]))
             yield items
-
-    def state_dict(self) -> dict[str, Any]:
-        """Seed, epoch and settings; the plan itself is recomputed from them and the tracker."""
-        return {
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "batch_size": self.batch_size,
-            "interpolate": self.interpolate,
-            "adaptive_ratio": self.adaptive_ratio,
-            "target_ratio": self.target_ratio,
-            "drop_last": self.drop_last,
-            "amenable_action": self.amenable_action,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the epoch, refusing a state whose seed or settings differ from this sampler's.
-
-        A resumed run must redraw the plan it was in; a different seed or batch size would make
-        the Trainer skip the wrong batches, so it is an error rather than a silent override.
-
-        Raises:
-            ValueError: When a key is missing or a setting differs.
-        """
-        mine = self.state_dict()
-        state = {"amenable_action": "interpolate", **state}  # States saved before the skip ablation existed.
-        missing = sorted(set(mine) - set(state))
-        if missing:
-            raise ValueError(f"sampler state is missing {missing}; load a state saved by InterTrainBatchSampler.state_dict().")
-        differing = {k: state[k] for k in mine if k != "epoch" and state[k] != mine[k]}
-        if differing:
-            raise ValueError(f"sampler state has {differing} but this sampler has { {k: mine[k] for k in differing} }; resume with the same seed and sampler settings.")
-        self.set_epoch(int(state["epoch"]))
 
     # ----------------------------------------------------------------------------------------
     def _ensure_plan(self) -> EpochPlan:
@@ -230,7 +232,8 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
                 s_int = np.empty(0, dtype=np.int64)
         else:
             s_int = np.empty(0, dtype=np.int64)
-            noint = np.arange(num_samples, dtype=np.int64)
+            noint = self._selected_samples(generator)
+            num_skipped = num_samples - int(noint.size)
         if s_int.size > 0:
             shuffled = s_int[torch.randperm(s_int.size, generator=generator).numpy()]
         else:
@@ -268,6 +271,23 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             item_c[is_quad] = quads[2][order[is_quad]]
             item_d[is_quad] = quads[3][order[is_quad]]
         return EpochPlan(item_a, item_b, item_r, item_c, item_d), num_pairs, num_quads, num_skipped
+
+
+    def _selected_samples(self, generator: torch.Generator) -> np.ndarray:
+        """The samples a run without interpolation trains this epoch (all of them unless a peer selection is set).
+
+        "none" draws nothing here, so the baseline's only draw stays `randperm(N)`; "infobatch" draws its pruning
+        coins from the epoch's generator before the final shuffle.
+        """
+        self._loss_weights = None
+        num_samples = self.tracker.num_samples
+        if self.selection == "random_subset":
+            return np.sort(random_subset(num_samples, self.subset_sizes, self.epoch, self.seed))
+        if self.selection == "infobatch" and infobatch_prunes(self.epoch, self.num_epochs, self.full_data_fraction):
+            kept, weights = infobatch_selection(self.tracker.last_loss, self.prune_probability, generator)
+            self._loss_weights = weights
+            return kept
+        return np.arange(num_samples, dtype=np.int64)
 
 
 def _check_settings(batch_size: Any, seed: Any, interpolate: Any, adaptive_ratio: Any, target_ratio: Any, drop_last: Any) -> None:

@@ -172,21 +172,6 @@ def test_naive_tracker_pairs_everything():
     assert sorted(samples_seen(list(sampler))) == list(range(11))
 
 
-def test_state_dict_roundtrip_and_mismatch_refused():
-    tracker = tracker_with_s_int(10, [0, 1, 2, 3])
-    sampler = InterTrainBatchSampler(tracker, batch_size=3, seed=5, adaptive_ratio=True)
-    sampler.set_epoch(4)
-    state = sampler.state_dict()
-    resumed = InterTrainBatchSampler(tracker, batch_size=3, seed=5, adaptive_ratio=True)
-    resumed.load_state_dict(state)
-    assert resumed.epoch == 4
-    assert list(resumed) == list(sampler)
-    with pytest.raises(ValueError, match="batch_size"):
-        InterTrainBatchSampler(tracker, batch_size=4, seed=5, adaptive_ratio=True).load_state_dict(state)
-    with pytest.raises(ValueError, match="seed"):
-        InterTrainBatchSampler(tracker, batch_size=3, seed=6, adaptive_ratio=True).load_state_dict(state)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -257,26 +242,13 @@ def test_skip_trains_everything_when_s_int_holds_every_sample():
     assert sorted(samples_seen(list(sampler))) == list(range(9))
 
 
-def test_state_dict_carries_the_amenable_action():
-    tracker = tracker_with_s_int(10, [0, 1, 2, 3])
-    state = InterTrainBatchSampler(tracker, batch_size=3, amenable_action="skip").state_dict()
-    assert state["amenable_action"] == "skip"
-    with pytest.raises(ValueError, match="amenable_action"):
-        InterTrainBatchSampler(tracker, batch_size=3).load_state_dict(state)
-    # A state saved before the setting existed is an interpolating one.
-    old_state = {k: v for k, v in InterTrainBatchSampler(tracker, batch_size=3).state_dict().items() if k != "amenable_action"}
-    InterTrainBatchSampler(tracker, batch_size=3).load_state_dict(old_state)
-    with pytest.raises(ValueError, match="amenable_action"):
-        InterTrainBatchSampler(tracker, batch_size=3, amenable_action="skip").load_state_dict(old_state)
-
-
 def test_invalid_amenable_action_raises():
     with pytest.raises(ValueError, match="amenable_action.*'interpolate'"):
         InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, amenable_action="drop")
 
 
 # ---------------------------------------------------------------------------------------------
-# 4-way composites (issue 6)
+# 4-way composites
 def tracker_with_quads(num_samples: int, pairs: list[int], quads: list[int]) -> AmenabilityTracker:
     """A tracker (max_group_size=4) whose S_int is `pairs + quads`, `quads` marked for 4-way composites."""
     state = AmenabilityTracker(num_samples, max_group_size=4).state_dict()
@@ -331,3 +303,102 @@ def test_unmarked_four_way_tracker_draws_the_pair_only_plan():
         four_way.set_epoch(epoch)
         assert list(four_way) == list(pairs_only)
         assert four_way.num_quads == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer selections without interpolation: RS2 random subsets and InfoBatch (selection.py)
+# ---------------------------------------------------------------------------------------------
+def test_random_subset_epochs_have_the_given_sizes_and_cover_the_data_before_repeating():
+    sizes = [7, 7, 5, 4, 9, 3]
+    sampler = InterTrainBatchSampler(AmenabilityTracker(10), batch_size=3, seed=2, interpolate=False, selection="random_subset", subset_sizes=sizes)
+    for epoch, size in enumerate(sizes):
+        sampler.set_epoch(epoch)
+        seen = samples_seen(list(sampler))
+        assert len(seen) == size == sampler.num_items and sampler.num_skipped == 10 - size
+        assert len(set(seen)) == size and sampler.num_pairs == 0
+        assert sorted(seen) == sorted(sampler_order_stream(sizes, seed=2)[sum(sizes[:epoch]) : sum(sizes[: epoch + 1])])
+    for start in range(0, 30, 10):  # 35 samples in all: every full cycle of 10 holds each sample once
+        assert sorted(sampler_order_stream(sizes, seed=2)[start : start + 10]) == list(range(10))
+
+
+def sampler_order_stream(sizes, seed):
+    from hf_intertrain.selection import random_subset
+
+    return [int(i) for epoch in range(len(sizes)) for i in random_subset(10, sizes, epoch, seed)]
+
+
+def test_random_subset_is_deterministic_per_seed_and_differs_between_seeds():
+    sizes = [6, 6, 6]
+    plans = []
+    for seed in (0, 0, 1):
+        sampler = InterTrainBatchSampler(AmenabilityTracker(12), batch_size=4, seed=seed, interpolate=False, selection="random_subset", subset_sizes=sizes)
+        sampler.set_epoch(1)
+        plans.append(sampler.plan.item_a.tolist())
+    assert plans[0] == plans[1] and plans[0] != plans[2]
+
+
+def test_random_subset_settings_are_checked():
+    with pytest.raises(ValueError, match="random_subset_sizes"):
+        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, selection="random_subset")
+    with pytest.raises(ValueError, match="1..4"):
+        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, selection="random_subset", subset_sizes=[5])
+    with pytest.raises(ValueError, match="interpolate=False"):
+        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, selection="random_subset", subset_sizes=[2])
+    sampler = InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, selection="random_subset", subset_sizes=[2])
+    with pytest.raises(ValueError, match="one size per epoch"):
+        sampler.set_epoch(1)
+
+
+def tracker_with_losses(losses: np.ndarray) -> AmenabilityTracker:
+    tracker = AmenabilityTracker(losses.size)
+    tracker.record(np.arange(losses.size), losses, np.ones(losses.size, dtype=bool))
+    tracker.end_epoch()
+    return tracker
+
+
+def test_infobatch_prunes_half_of_the_well_learned_samples_and_rescales_the_rest():
+    losses = np.where(np.arange(4000) % 4 == 0, 4.0, 1.0)  # mean 1.75: three quarters are well learned
+    sampler = InterTrainBatchSampler(tracker_with_losses(losses), batch_size=64, seed=1, interpolate=False, selection="infobatch", num_epochs=8)
+    sampler.set_epoch(1)
+    weights = sampler.loss_weights
+    well_learned = losses < losses.mean()
+    kept = samples_seen(list(sampler))
+    assert len(kept) == len(set(kept)) == sampler.num_items == 4000 - sampler.num_skipped
+    pruned = np.setdiff1d(np.arange(4000), kept)
+    assert well_learned[pruned].all()  # only well-learned samples are ever left out
+    assert abs(pruned.size / well_learned.sum() - 0.5) < 0.03  # with probability 0.5 (3000 coins)
+    assert (weights[pruned] == 0).all() and (weights[~well_learned] == 1).all()
+    kept_well = np.setdiff1d(np.flatnonzero(well_learned), pruned)
+    assert np.allclose(weights[kept_well], 2.0)  # 1 / (1 - 0.5)
+
+
+def test_infobatch_trains_every_sample_in_its_final_epochs():
+    losses = np.linspace(0.1, 2.0, 64)
+    sampler = InterTrainBatchSampler(tracker_with_losses(losses), batch_size=8, interpolate=False, selection="infobatch", num_epochs=16)
+    sampler.set_epoch(13)  # 13 < 0.875 * 16 = 14: pruned
+    assert sampler.num_skipped > 0 and sampler.loss_weights is not None
+    for epoch in (14, 15):
+        sampler.set_epoch(epoch)
+        assert sampler.num_skipped == 0 and sampler.loss_weights is None
+        assert sorted(samples_seen(list(sampler))) == list(range(64))
+
+
+def test_infobatch_without_known_losses_trains_everything_as_the_baseline():
+    tracker = AmenabilityTracker(20)
+    infobatch = InterTrainBatchSampler(tracker, batch_size=4, seed=3, interpolate=False, selection="infobatch", num_epochs=4)
+    baseline = InterTrainBatchSampler(tracker, batch_size=4, seed=3, interpolate=False)
+    assert infobatch.num_skipped == 0 and sorted(samples_seen(list(infobatch))) == list(range(20))
+    assert infobatch.loss_weights is None or (infobatch.loss_weights == 1).all()
+    assert baseline.loss_weights is None
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"prune_probability": 1.0}, "infobatch_prune_probability"),
+    ({"full_data_fraction": 1.5}, "infobatch_full_data_fraction"),
+    ({}, "num_epochs"),
+    ({"selection": "coreset"}, "data_selection"),
+])
+def test_infobatch_settings_are_checked(kwargs, match):
+    kwargs = {"selection": "infobatch", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, **kwargs)

@@ -1,0 +1,32 @@
+"""InterTrainArguments: validation of the peer-method settings (the rest is exercised through the CLI tests)."""
+
+import pytest
+
+from hf_intertrain.config import InterTrainArguments
+
+
+def arguments(tmp_path, **overrides) -> InterTrainArguments:
+    return InterTrainArguments(output_dir=str(tmp_path), report_to="none", **overrides)
+
+
+def test_random_subset_sizes_are_parsed(tmp_path):
+    args = arguments(tmp_path, interpolation="none", data_selection="random_subset", random_subset_sizes="50, 40,30")
+    assert args.subset_sizes == (50, 40, 30)
+    assert arguments(tmp_path).subset_sizes == ()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"data_selection": "infobatch"}, "--interpolation none"),
+        ({"interpolation": "none", "data_selection": "coreset"}, "data_selection='coreset' is not supported"),
+        ({"interpolation": "none", "data_selection": "random_subset"}, "needs random_subset_sizes"),
+        ({"interpolation": "none", "data_selection": "random_subset", "random_subset_sizes": "10,x"}, "whole numbers"),
+        ({"interpolation": "none", "data_selection": "infobatch", "infobatch_prune_probability": 0.0}, "strictly between"),
+        ({"interpolation": "none", "data_selection": "infobatch", "infobatch_full_data_fraction": -0.1}, r"in \[0, 1\]"),
+    ],
+)
+def test_bad_peer_settings_fail_with_one_line(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match) as error:
+        arguments(tmp_path, **overrides)
+    assert "\n" not in str(error.value)

@@ -17,6 +17,9 @@ from .constants import (
     FOUR_WAY_COMPOSITES,
     FOUR_WAY_SELECTIONS,
     INTERPOLATIONS,
+    REGION1_RULES,
+    REGION3_RULES,
+    THRESHOLD_AVERAGES,
 )
 
 
@@ -75,16 +78,50 @@ class InterTrainArguments(TrainingArguments):
     amenability_regions: str = field(
         default="1,3",
         metadata={
-            "help": "Loss regions that admit a sample to interpolation: '1,3' (the paper's method) or '1' "
-            "(Region 1 only, an ablation of Table 4)."
+            "help": "Loss regions that admit a sample to interpolation: '1,3' (the paper's method), '1' (Region 1 "
+            "only) or '3' (Region 3 only); the ablations of the paper's Fig. 13b."
         },
+    )
+    threshold_average: str = field(
+        default="pooled",
+        metadata={
+            "help": "How L_corr and L_incorr average the losses of completed epochs (docs/method.md, 'Thresholds'): "
+            "'pooled' (every S_noInt observation since epoch 0), 'epoch_mean' (mean of per-epoch class means), "
+            "'ema' (exponential moving average of per-epoch class means, decay 0.5) or 'last_epoch'.",
+            "choices": list(THRESHOLD_AVERAGES),
+        },
+    )
+    region1_rule: str = field(
+        default="l_mid",
+        metadata={
+            "help": "What puts a sample in Region 1 (docs/method.md, 'Ablations'; paper Table 3): 'l_mid' (loss below "
+            "L_mid, the method), 'accuracy' (classified correctly) or 'avg_loss' (loss below the running average loss).",
+            "choices": list(REGION1_RULES),
+        },
+    )
+    region3_rule: str = field(
+        default="increase",
+        metadata={
+            "help": "What admits a Region-3 sample: 'increase' (loss above L_incorr that increased, the method) or "
+            "'l_incorr' (loss above L_incorr alone, an ablation).",
+            "choices": list(REGION3_RULES),
+        },
+    )
+    region3_increases: int = field(
+        default=1,
+        metadata={"help": "Region 3 needs this many consecutive increases of the non-interpolated loss (k; paper Fig. 8b)."},
+    )
+    region3_epochs: int = field(
+        default=1,
+        metadata={"help": "Epochs a Region-3 sample stays interpolated (or skipped) once admitted (paper Sec. 7.8)."},
     )
     amenable_action: str = field(
         default="interpolate",
         metadata={
-            "help": "What happens to the samples selective interpolation picks: 'interpolate' (InterTrain) or 'skip' "
+            "help": "What happens to the samples selective interpolation picks: 'interpolate' (InterTrain), 'skip' "
             "(left out of that epoch and trained without interpolation the next one: the paper's 'skipping instead "
-            "of interpolating' ablation, Sec. 7.8).",
+            "of interpolating' ablation, Sec. 7.8) or 'skip_region3' (Region-3 members skipped, Region-1 members "
+            "interpolated: Table 4).",
             "choices": list(AMENABLE_ACTIONS),
         },
     )
@@ -169,7 +206,7 @@ class InterTrainArguments(TrainingArguments):
             )
         if self.amenable_action not in AMENABLE_ACTIONS:
             raise ValueError(
-                f"amenable_action={self.amenable_action!r} is not supported: use 'interpolate' (InterTrain) or 'skip'"
+                f"amenable_action={self.amenable_action!r} is not supported: use one of {', '.join(AMENABLE_ACTIONS)}"
             )
         if self.four_way not in FOUR_WAY_COMPOSITES:
             raise ValueError(
@@ -201,10 +238,20 @@ class InterTrainArguments(TrainingArguments):
         if not 0.0 < self.patch_ratio < 1.0:
             raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")
         regions = self.regions
-        if regions not in ((1,), (1, 3)):
+        if regions not in ((1,), (3,), (1, 3)):
             raise ValueError(
-                f"amenability_regions={self.amenability_regions!r} is not supported: use '1,3' (the paper) or '1'"
+                f"amenability_regions={self.amenability_regions!r} is not supported: use '1,3' (the paper), '1' or '3'"
             )
+        for name, value, choices in (
+            ("threshold_average", self.threshold_average, THRESHOLD_AVERAGES),
+            ("region1_rule", self.region1_rule, REGION1_RULES),
+            ("region3_rule", self.region3_rule, REGION3_RULES),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
+        for name in ("region3_increases", "region3_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (the method uses 1)")
         super().__post_init__()
 
     @property

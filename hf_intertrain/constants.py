@@ -22,8 +22,9 @@ INTERPOLATIONS: tuple[str, ...] = ("randpatch", "linavg", "none")
 FOUR_WAY_COMPOSITES: tuple[str, ...] = ("none", "randpatch4", "mosaic4")
 """4-way composite operators (or none: pairs only, the paper)."""
 
-AMENABLE_ACTIONS: tuple[str, ...] = ("interpolate", "skip")
-"""What the plan does with S_int: pair it (InterTrain) or leave it out of the epoch (the ablation)."""
+AMENABLE_ACTIONS: tuple[str, ...] = ("interpolate", "skip", "skip_region3")
+"""What the plan does with S_int: pair it (InterTrain), leave it out of the epoch, or leave out only its Region-3
+members and pair the rest (the ablations of the paper's Sec. 7.8, Table 4)."""
 
 DATA_SELECTIONS: tuple[str, ...] = ("none", "random_subset", "infobatch")
 """Which samples a run without interpolation trains each epoch: all of them, an RS2 random subset, or InfoBatch's

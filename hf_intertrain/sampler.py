@@ -22,7 +22,7 @@ from torch.utils.data import Sampler
 
 from hf_intertrain.constants import AMENABLE_ACTIONS
 from hf_intertrain.selection import check_selection, infobatch_prunes, infobatch_selection, random_subset
-from hf_intertrain.tracker import AmenabilityTracker
+from hf_intertrain.tracker import REGION_3, AmenabilityTracker
 
 
 class EpochPlan(NamedTuple):
@@ -83,7 +83,9 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         target_ratio: a's share in every pair when `adaptive_ratio` is False, in (0, 1).
         drop_last: Drop the last batch when it has fewer than `batch_size` items.
         amenable_action: "interpolate" pairs S_int (InterTrain); "skip" leaves it out of the
-            epoch (ablation). Ignored when `interpolate` is False.
+            epoch (ablation); "skip_region3" leaves out the members admitted through Region 3 and
+            pairs the rest (paper Table 4: Region 3 skipped while Region 1 is interpolated).
+            Ignored when `interpolate` is False.
         selection: Without interpolation, which samples an epoch trains (the peer methods of
             `selection.py`): "none" (all), "random_subset" (RS2 without replacement, `subset_sizes`
             samples in each epoch) or "infobatch" (soft pruning from the tracker's last losses,
@@ -114,7 +116,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             raise ValueError(f"tracker must be an AmenabilityTracker, got {type(tracker).__name__}; build one with AmenabilityTracker(len(train_dataset)).")
         _check_settings(batch_size, seed, interpolate, adaptive_ratio, target_ratio, drop_last)
         if amenable_action not in AMENABLE_ACTIONS:
-            raise ValueError(f"amenable_action must be one of {AMENABLE_ACTIONS}, got {amenable_action!r}; pass 'interpolate' (InterTrain) or 'skip' (the ablation).")
+            raise ValueError(f"amenable_action must be one of {AMENABLE_ACTIONS}, got {amenable_action!r}; pass 'interpolate' (InterTrain), 'skip' or 'skip_region3' (the ablations).")
         check_selection(selection, subset_sizes, prune_probability, full_data_fraction, tracker.num_samples)
         if selection != "none" and interpolate:
             raise ValueError(f"selection={selection!r} is a peer method trained without interpolation; pass interpolate=False.")
@@ -230,6 +232,11 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
                 else:
                     num_skipped = int(s_int.size)
                 s_int = np.empty(0, dtype=np.int64)
+            elif self.amenable_action == "skip_region3":
+                region3 = self.tracker.s_int_indices(reason=REGION_3)
+                if region3.size < num_samples:
+                    s_int = np.setdiff1d(s_int, region3, assume_unique=True)
+                    num_skipped = int(region3.size)
         else:
             s_int = np.empty(0, dtype=np.int64)
             noint = self._selected_samples(generator)

@@ -7,7 +7,7 @@ import pytest
 from accelerate.data_loader import SeedableRandomSampler
 
 from hf_intertrain.sampler import InterTrainBatchSampler
-from hf_intertrain.tracker import AmenabilityTracker
+from hf_intertrain.tracker import REGION_1, REGION_3, AmenabilityTracker
 
 
 def tracker_with_s_int(num_samples: int, s_int: list[int]) -> AmenabilityTracker:
@@ -402,3 +402,23 @@ def test_infobatch_settings_are_checked(kwargs, match):
     kwargs = {"selection": "infobatch", **kwargs}
     with pytest.raises(ValueError, match=match):
         InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, **kwargs)
+
+
+def test_skip_region3_leaves_out_region3_members_and_pairs_region1():
+    tracker = AmenabilityTracker(12)
+    correct = np.arange(12) < 8
+    tracker.record(np.arange(12), np.where(correct, 1.0, 3.0), correct)  # L_corr 1, L_incorr 3, L_mid 2
+    tracker.end_epoch()
+    losses = np.array([0.5, 0.6, 0.7, 0.8, 2.5, 2.5, 2.5, 2.5, 4.0, 4.0, 2.5, 2.5])
+    tracker.record(np.arange(12), losses, correct)  # 0-3 Region 1; 8, 9 Region 3 and increased
+    tracker.end_epoch()
+    region3 = tracker.s_int_indices(reason=REGION_3).tolist()
+    assert region3 == [8, 9] and tracker.s_int_indices(reason=REGION_1).tolist() == [0, 1, 2, 3]
+    sampler = InterTrainBatchSampler(tracker, batch_size=4, amenable_action="skip_region3")
+    sampler.set_epoch(2)
+    seen = samples_seen(list(sampler))
+    assert sampler.num_skipped == 2 and sampler.num_pairs == 2
+    assert sorted(seen) == [i for i in range(12) if i not in region3]
+    plan = sampler.plan
+    pairs = plan.item_b >= 0
+    assert sorted(np.concatenate([plan.item_a[pairs], plan.item_b[pairs]]).tolist()) == [0, 1, 2, 3]

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .constants import AMENABLE_ACTIONS, EMBEDDED_DATASET, FOUR_WAY_COMPOSITES, FOUR_WAY_SELECTIONS, INTERPOLATIONS
+from .launch import launched_on_cpu
 
 
 @dataclass
@@ -30,6 +31,8 @@ class InterTrainArguments(TrainingArguments):
         report_to: "none".
         output_dir: "intertrain_output".
         ddp_find_unused_parameters: False (every parameter gets a gradient; saves DDP an extra graph traversal).
+        use_cpu: True when accelerate launched CPU processes (`ACCELERATE_USE_CPU`, or several processes on a machine
+            without an accelerator, as `recipes/accelerate/cpu_multi_process.yaml` starts them; see `launch.py`).
     """
 
     # Parameters that control interpolation
@@ -161,6 +164,8 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"amenability_regions={self.amenability_regions!r} is not supported: use '1,3' (the paper) or '1'"
             )
+        if not self.use_cpu and launched_on_cpu():
+            self.use_cpu = True
         super().__post_init__()
 
     @property

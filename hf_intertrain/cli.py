@@ -6,7 +6,8 @@
 
 Arguments go through `HfArgumentParser` (every `TrainingArguments` field is a flag); `--config` loads a YAML
 recipe whose keys are the same field names, and flags on the command line override it. Without `--config`
-the packaged default recipe runs: the embedded CIFAR-10 sample on CPU in a few minutes. `bench-sampler` times
+the packaged default recipe runs: the embedded CIFAR-10 sample on CPU in a few minutes (a `--model_name` other than
+its own drops its `model_kwargs`, which suit its model only). `bench-sampler` times
 InterTrain's per-epoch bookkeeping at dataset scale (`bench.py`) and prints one JSON line.
 """
 
@@ -77,8 +78,11 @@ def parse_args(command: str, argv: list[str]) -> tuple:
     )
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--model_name", "--model-name", default=None)
     known, _ = pre.parse_known_args(argv)
     recipe = load_recipe(known.config or DEFAULT_RECIPE)
+    if known.config is None:
+        recipe = default_recipe_for(recipe, known.model_name)
     valid = {f.name for t in types for f in fields(t) if f.init}
     unknown = sorted(set(recipe) - valid)
     if unknown:
@@ -88,6 +92,17 @@ def parse_args(command: str, argv: list[str]) -> tuple:
     outputs = tuple(o for o in parser.parse_args_into_dataclasses(args=argv) if not isinstance(o, argparse.Namespace))
     outputs[0].create_kwargs()  # A malformed --model_kwargs fails here, before any data is loaded.
     return outputs
+
+
+def default_recipe_for(recipe: dict, model_name: str | None) -> dict:
+    """The default recipe without its `model_kwargs` when the command line names another model.
+
+    Its `output_stride` is chosen for its own model (a 2x2 grid for resnet10t at 32x32); carried onto another model
+    it would silently train a different network from the one named. A `--config` recipe is taken as written.
+    """
+    if model_name is None or model_name == recipe.get("model_name"):
+        return recipe
+    return {key: value for key, value in recipe.items() if key != "model_kwargs"}
 
 
 def accept_json_strings(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,6 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .selection import check_selection
-
 from .constants import (
     AMENABLE_ACTIONS,
     DATA_SELECTIONS,
@@ -21,6 +19,8 @@ from .constants import (
     REGION3_RULES,
     THRESHOLD_AVERAGES,
 )
+from .launch import launched_on_cpu
+from .selection import check_selection
 
 
 @dataclass
@@ -42,6 +42,8 @@ class InterTrainArguments(TrainingArguments):
         report_to: "none".
         output_dir: "intertrain_output".
         ddp_find_unused_parameters: False (every parameter gets a gradient; saves DDP an extra graph traversal).
+        use_cpu: True when accelerate launched CPU processes (`ACCELERATE_USE_CPU`, or several processes on a machine
+            without an accelerator, as `recipes/accelerate/cpu_multi_process.yaml` starts them; see `launch.py`).
     """
 
     # Parameters that control interpolation
@@ -252,6 +254,8 @@ class InterTrainArguments(TrainingArguments):
         for name in ("region3_increases", "region3_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (the method uses 1)")
+        if not self.use_cpu and launched_on_cpu():
+            self.use_cpu = True
         super().__post_init__()
 
     @property

@@ -20,7 +20,9 @@ from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 from .config import DataArguments, InterTrainArguments, ModelArguments
 from .constants import SMALL_IMAGE_MAX_SIZE
 from .data import ImageClassificationData, ImageClassificationDataset, build_transforms, load_image_classification_data
+from .launch import check_processes_share_work
 from .metrics import build_compute_metrics
+from .split import feature_grid
 from .trainer import InterTrainTrainer
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: InterTrainArguments
 ) -> RunReport:
     """Train one model as configured, save it, evaluate it, and write `intertrain_run.json` in `output_dir`."""
+    check_processes_share_work(training_args.world_size)
     transformers.set_seed(training_args.seed)
     data = load_image_classification_data(
         data_args.dataset_name,
@@ -117,6 +120,8 @@ def run_training(
     )
     model = build_model(model_args, data.label_names)
     image_size = resolve_image_size(data_args, data, model)
+    if training_args.process_index == 0:
+        print(model_settings_line(model_args, model, image_size), flush=True)
     train_dataset, eval_dataset = build_datasets(data, model, image_size)
     if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
         logger.warning("The dataset has no evaluation split: training without evaluation.")
@@ -181,3 +186,14 @@ def build_report(trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: 
         train_runtime=train_metrics.get("train_runtime"),
         output_dir=trainer.args.output_dir,
     )
+
+
+def model_settings_line(model_args: ModelArguments, model, image_size: int) -> str:
+    """The network a run trains, in one line: what the recipe and the flags added up to."""
+    kwargs = json.dumps(model_args.create_kwargs(), default=str)
+    line = f"hf-intertrain: model {model_args.model_name}, model_kwargs {kwargs}, image size {image_size}"
+    try:
+        height, width = feature_grid(model, image_size)
+    except (ValueError, RuntimeError):  # an unusual feature layout: training reports it where it matters
+        return line
+    return line + f", final feature grid {height}x{width}"

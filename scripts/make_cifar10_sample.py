@@ -8,8 +8,8 @@ are stored shuffled, so these prefixes are class-balanced. Image bytes are copie
 `dataset_info` (split sizes) also keeps the sample's `datasets` cache apart from that of a full
 copy in a folder of the same name, which would otherwise share it.
 
-Usage:
-    python scripts/make_cifar10_sample.py --source /work/shared/data/cifar10
+Usage (the default source is ../shared/data/cifar10, next to the repository):
+    python scripts/make_cifar10_sample.py [--source PATH/TO/cifar10]
 """
 
 import argparse
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "hf_intertrain" / "sample_data" / "cifar10"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "cifar10"
+DEFAULT_OUTPUT = REPO / "hf_intertrain" / "sample_data" / "cifar10"
 SPLIT_ROWS = {"train": 5000, "test": 1000}
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -69,11 +71,13 @@ def main() -> None:
     parser.add_argument(
         "--source",
         type=Path,
-        default=Path("/work/shared/data/cifar10"),
-        help="CIFAR-10 folder in the Hub parquet layout.",
+        default=DEFAULT_SOURCE,
+        help="CIFAR-10 folder in the Hub parquet layout (default: ../shared/data/cifar10 next to the repository).",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Folder to write the sample to.")
     args = parser.parse_args()
+    if not (args.source / "plain_text").is_dir():
+        parser.error(f"--source {args.source}: no plain_text/ folder of CIFAR-10 parquet files there; pass the path of one")
 
     num_bytes = {}
     for split, rows in SPLIT_ROWS.items():

@@ -13,7 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image as PILImage
 
+from conftest import make_model
 from hf_intertrain.cli import main, parse_args
+from hf_intertrain.config import ModelArguments
+from hf_intertrain.run import model_settings_line
 
 datasets.disable_progress_bars()
 
@@ -152,6 +155,37 @@ def test_flags_override_the_recipe_and_the_recipe_overrides_defaults(tmp_path):
     assert training_args.per_device_train_batch_size == 64  # untouched default
 
 
+def test_default_recipe_model_kwargs_stay_with_its_own_model():
+    model_args, _, _ = parse_args("train", ["--model_name", "resnet18"])
+    assert model_args.model_name == "resnet18" and model_args.create_kwargs() == {}
+    model_args, _, _ = parse_args("train", ["--model-name=resnet18"])
+    assert model_args.create_kwargs() == {}
+    model_args = parse_args("compare", ["--model_name", "resnet18"])[0]
+    assert model_args.create_kwargs() == {}
+    for argv in ([], ["--model_name", "resnet10t"]):  # the default recipe's own model keeps them
+        model_args, data_args, _ = parse_args("train", argv)
+        assert model_args.model_name == "resnet10t" and model_args.create_kwargs() == {"output_stride": 16}
+        assert data_args.image_size == 32
+    model_args, data_args, _ = parse_args("train", ["--model_name", "resnet18", "--model_kwargs", '{"output_stride": 8}'])
+    assert model_args.create_kwargs() == {"output_stride": 8}  # the user's own --model_kwargs apply
+    assert data_args.image_size == 32  # only the model-specific settings are dropped
+
+
+def test_a_config_recipe_is_taken_as_written(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name: resnet10t\nmodel_kwargs: {\"output_stride\": 16}\n")
+    model_args, _, _ = parse_args("train", ["--config", str(recipe), "--model_name", "resnet18"])
+    assert model_args.model_name == "resnet18" and model_args.create_kwargs() == {"output_stride": 16}
+
+
+def test_model_settings_line_names_the_network_that_is_trained():
+    model = make_model(output_stride=16)
+    line = model_settings_line(ModelArguments("test_resnet", '{"output_stride": 16}'), model, 32)
+    assert line == 'hf-intertrain: model test_resnet, model_kwargs {"output_stride": 16}, image size 32, final feature grid 2x2'
+    line = model_settings_line(ModelArguments("test_resnet"), make_model(), 64)
+    assert line.endswith("model_kwargs {}, image size 64, final feature grid 2x2")
+
+
 def test_compare_parses_variants_after_the_recipe(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("variants: baseline,naive\nnum_train_epochs: 2\n")
@@ -284,5 +318,7 @@ def test_compare_end_to_end_writes_json_png_and_prints_the_table(capfd, tmp_path
 
     png = (output_dir / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    started = 'hf-intertrain: model test_resnet, model_kwargs {"output_stride": 16}, image size 32, final feature grid 2x2'
+    assert out.splitlines().count(started) == 2  # once per run, before its training
     table = [line for line in out.splitlines() if line.startswith(("baseline ", "intertrain "))]
     assert len(table) == 2 and "speed-up" in out

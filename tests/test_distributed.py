@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from conftest import REPO
+from conftest import REPO, make_split
 
 NUM_SAMPLES, BATCH_SIZE, EPOCHS = 70, 8, 3  # 9 batches in epoch 0: the second process's last batch is padding
 SCRIPT = REPO / "tests" / "distributed" / "train_tiny.py"
 CONFIG = REPO / "recipes" / "accelerate" / "cpu_multi_process.yaml"
+TRAIN_SCRIPT = REPO / "recipes" / "train.py"
 
 
 def _free_port() -> int:
@@ -141,3 +142,31 @@ def test_four_way_composites_are_planned_recorded_and_decided_alike_on_both_proc
     assert _without_seconds(reports[0]["logged"]) == _without_seconds(reports[1]["logged"])
     for key in trackers[0]:
         np.testing.assert_array_equal(trackers[0][key], trackers[1][key], err_msg=key)
+
+
+def test_readme_cpu_command_shards_one_run_over_two_processes(tmp_path):
+    """The README's `accelerate launch --config_file recipes/accelerate/cpu_multi_process.yaml recipes/train.py`,
+    without --use_cpu, on a machine without a GPU: two ranks, each training half the batches of one run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    make_split(48, seed=0).to_parquet(str(data / "train.parquet"))
+    make_split(16, seed=1).to_parquet(str(data / "test.parquet"))
+    output_dir = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIG), "--main_process_port", str(_free_port()), str(TRAIN_SCRIPT),
+        "--dataset_name", str(data), "--model_name", "test_resnet", "--model_kwargs", '{"output_stride": 16}',
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--log_level", "info", "--log_level_replica", "info", "--output_dir", str(output_dir),
+    ]
+    # CUDA_VISIBLE_DEVICES="" makes any machine one without a GPU, where the config's processes must use the CPU.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    logs = result.stdout + result.stderr
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in logs
+    # Both processes see a global batch of 2 x 8; a process training alone would see 8.
+    assert logs.count("Total train batch size (w. parallel, distributed & accumulation) = 16") == 2
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == math.ceil(48 / 8 / 2)  # alone, each process would take 6 steps
+    assert json.loads((output_dir / "intertrain_run.json").read_text())["items_trained"] == 48

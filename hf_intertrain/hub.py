@@ -23,16 +23,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 from typing import Any
 
-import numpy as np
 import safetensors
 import safetensors.torch
 import timm.data
 import torch
 
 from .constants import SMALL_IMAGE_MAX_SIZE
+from .data.rng import preserved_host_rngs
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +212,9 @@ def image_size_of(dataset) -> tuple[int, int]:
     """(height, width) of the first item's `pixel_values`, leaving the random generators as they were.
 
     A training item goes through random augmentation: drawing it here must not shift the augmentations of the
-    run (Python's `random`, numpy's and torch's CPU generators are saved and restored around it).
+    run (Python's `random`, numpy's and torch's CPU generators are saved and restored around it:
+    `data.rng.preserved_host_rngs`).
     """
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            height, width = dataset[0]["pixel_values"].shape[-2:]
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    with preserved_host_rngs():
+        height, width = dataset[0]["pixel_values"].shape[-2:]
     return int(height), int(width)

@@ -83,10 +83,9 @@ def resolve_image_size(data_args: DataArguments, data: ImageClassificationData, 
 def build_datasets(data: ImageClassificationData, model, image_size: int):
     """Train and eval datasets with the model's normalisation and the standard augmentation."""
     data_config = timm.data.resolve_data_config({}, model=model.timm_model)
-    native = max(data.first_image_size())
     train = ImageClassificationDataset(
         data.train,
-        build_transforms(data_config, image_size, is_training=True, native_size=native),
+        build_transforms(data_config, image_size, is_training=True),
         data.image_column,
         data.label_column,
     )
@@ -94,7 +93,7 @@ def build_datasets(data: ImageClassificationData, model, image_size: int):
     if data.eval is not None:
         eval_dataset = ImageClassificationDataset(
             data.eval,
-            build_transforms(data_config, image_size, is_training=False, native_size=native),
+            build_transforms(data_config, image_size, is_training=False),
             data.image_column,
             data.label_column,
         )

@@ -5,10 +5,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import io
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import transformers
 from PIL import Image as PILImage
@@ -19,6 +22,7 @@ from hf_intertrain.data import ImageClassificationDataset, build_transforms
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 FLAT_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "crop_pct": 1.0}
+NAMES = ["cat", "dog", "fox"]  # class names of the generated parquet datasets below
 
 # TrainingArguments of the tiny training runs in the tests: SGD, linear decay, no evaluation or checkpoints.
 TINY_TRAINING = dict(
@@ -69,3 +73,64 @@ def make_model(architecture: str = "test_resnet", num_labels: int = 4, seed: int
 @pytest.fixture(scope="session")
 def tiny_train_dataset():
     return make_dataset(96, seed=0)
+
+
+# Tiny datasets written as parquet and loaded back through datasets.load_dataset (tests of hf_intertrain.data).
+
+
+def encode(image: PILImage.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def noise_image(seed: int, size: tuple[int, int] = (32, 32), mode: str = "RGB") -> PILImage.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return PILImage.fromarray(array[..., 0] if channels == 1 else array, mode=mode)
+
+
+def image_value(image_bytes: bytes | None) -> dict:
+    return {"bytes": image_bytes, "path": None}
+
+
+def default_features() -> datasets.Features:
+    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+
+
+def write_split(folder: Path, split: str, columns: dict, features: datasets.Features) -> None:
+    """Write one split as `<folder>/<split>.parquet` with the `datasets` feature metadata, bypassing
+    datasets' own encoding so that invalid values (bad labels, corrupt bytes) can be stored."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns, schema=features.arrow_schema), folder / f"{split}.parquet")
+
+
+def write_dataset(folder: Path, splits: dict[str, int], labels: dict[str, list[int]] | None = None) -> Path:
+    """A parquet dataset with `image` (Image) and `label` (ClassLabel of NAMES) columns."""
+    for offset, (split, rows) in enumerate(splits.items()):
+        split_labels = (labels or {}).get(split, [i % len(NAMES) for i in range(rows)])
+        images = [image_value(encode(noise_image(100 * offset + i))) for i in range(rows)]
+        write_split(folder, split, {"image": images, "label": split_labels}, default_features())
+    return folder
+
+
+def flat_dataset(images: list, labels: list[int], is_training: bool = False) -> ImageClassificationDataset:
+    """An in-memory 32x32 split of PIL images (stored as PNG) or encoded bytes, normalised with 0.5/0.5."""
+    encoded = [image if isinstance(image, bytes) else encode(image) for image in images]
+    split = datasets.Dataset.from_dict(
+        {"image": [image_value(data) for data in encoded], "label": labels},
+        features=datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=NAMES)}),
+    )
+    return ImageClassificationDataset(split, build_transforms(FLAT_CONFIG, 32, is_training), "image", "label")
+
+
+@pytest.fixture
+def datasets_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the Arrow caches of the throwaway datasets written by a test out of the user's cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "tiny", {"train": 6, "validation": 3, "test": 3})

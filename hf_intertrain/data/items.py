@@ -1,0 +1,261 @@
+"""The InterTrain item-key protocol, the datasets that serve it, the collator, and per-batch seeding.
+
+The InterTrain batch sampler (docs/method.md, "Batch plan of an epoch") yields, per batch, item keys: `a` (an int
+row, a single; evaluation asks for these only), `(a, b, r)` (a pair of train rows, `r` being a's share; `b == -1`
+marks a single) or `(a, b, r, c, d)` (a 4-way composite, docs/method.md, "Four-way composites"). `parse_item_key`
+is the one reader of these keys and `InterTrainItemDataset.__getitems__` the one place that turns them into item
+dicts; a subclass only says how to fetch one row's pixels and label. Items carry every constituent separately,
+each with its own augmentation: the interpolation itself (LinAvg, RandPatch, ...) happens later, on the device,
+in the trainer.
+"""
+
+from collections.abc import Callable, Sequence
+from numbers import Integral, Real
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from .images import decode_image
+from .loading import read_labels, undecoded_images
+from .rng import preserved_host_rngs
+
+ItemKey = int | tuple[int, int, float] | tuple[int, int, float, int, int]
+"""A sampler key: a row `a`, a pair `(a, b, r)`, or a 4-way composite `(a, b, r, c, d)`."""
+
+EXTRA_CONSTITUENTS = ("b", "c", "d")
+"""Key suffixes of the constituents after a: "pixel_values_b", "labels_c", "sample_index_d", ..."""
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int, int, float, int, int]:
+    """An int row, an `(a, b, r)` or an `(a, b, r, c, d)` sampler key as `(a, b, r, c, d)`.
+
+    A single has `b = c = d = -1` and `r = 1.0`; a pair has `c = d = -1`; a 4-way composite has all four rows.
+    """
+    if _is_row(key):
+        a, b, ratio, c, d = int(key), -1, 1.0, -1, -1
+    elif (
+        isinstance(key, (tuple, list))
+        and len(key) in (3, 5)
+        and all(_is_row(x) for i, x in enumerate(key) if i != 2)
+        and isinstance(key[2], Real)
+    ):
+        a, b, ratio = int(key[0]), int(key[1]), float(key[2])
+        c, d = (int(key[3]), int(key[4])) if len(key) == 5 else (-1, -1)
+    else:
+        raise TypeError(
+            f"dataset keys must be an int row, an (a, b, r) or an (a, b, r, c, d) tuple, got {key!r}; use the "
+            "InterTrain batch sampler or a plain sampler"
+        )
+    if not 0 <= a < size or not all(-1 <= x < size for x in (b, c, d)):
+        raise IndexError(
+            f"item key {key!r} is out of range for split '{split_name}' with {size} rows; rows must lie in [0, {size}) "
+            "and b may be -1 for a single"
+        )
+    if (c >= 0) != (d >= 0) or (c >= 0 and b < 0):
+        raise ValueError(
+            f"item key {key!r} is neither a pair nor a 4-way composite; give all of b, c, d, or c = d = -1"
+        )
+    if b >= 0 and not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"item key {key!r} has ratio {ratio} outside [0, 1]; r is a's share of the pair")
+    return a, b, ratio, c, d
+
+
+class InterTrainItemDataset(torch.utils.data.Dataset):
+    """A map-style dataset served with InterTrain item keys; subclasses give `__len__` and `fetch_row`.
+
+    Key `a` (int) -> {"pixel_values", "labels", "sample_index"} of row a.
+    Key `(a, b, r)` -> the same for row a, plus, when `b >= 0`, "pixel_values_b", "labels_b",
+    "sample_index_b" and "interp_ratio" = r (a's share, docs/method.md, "Operators"). Key
+    `(a, b, r, c, d)` adds the same three keys with suffixes `_c` and `_d`. `fetch_row` is called
+    once per constituent, in the order a, b, c, d of each key in turn, so each constituent is
+    augmented on its own and a seeded batch (`BatchSeededDataset`) draws in a fixed order.
+    """
+
+    split_name: str = "train"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, key: ItemKey) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[ItemKey]) -> list[dict[str, Any]]:
+        parsed = [parse_item_key(key, len(self), self.split_name) for key in keys]
+        prefetched = self.prefetch_rows(sorted({row for a, b, _, c, d in parsed for row in (a, b, c, d) if row >= 0}))
+        items = []
+        for a, b, ratio, c, d in parsed:
+            pixels, label = self.fetch_row(a, prefetched)
+            item = {"pixel_values": pixels, "labels": label, "sample_index": a}
+            for suffix, row in zip(EXTRA_CONSTITUENTS, (b, c, d)):
+                if row >= 0:
+                    pixels, label = self.fetch_row(row, prefetched)
+                    item.update(
+                        {f"pixel_values_{suffix}": pixels, f"labels_{suffix}": label, f"sample_index_{suffix}": row}
+                    )
+            if b >= 0:
+                item["interp_ratio"] = ratio
+            items.append(item)
+        return items
+
+    def prefetch_rows(self, rows: list[int]) -> Any:
+        """Whatever `fetch_row` needs of a batch's distinct rows (sorted), read in one go; by default nothing."""
+        return None
+
+    def fetch_row(self, row: int, prefetched: Any) -> tuple[torch.Tensor, int]:
+        """The pixels and integer label of one row; `prefetched` is what `prefetch_rows` returned for its batch."""
+        raise NotImplementedError
+
+
+class ImageClassificationDataset(InterTrainItemDataset):
+    """One split of a `datasets.Dataset` served with InterTrain item keys: images decoded with PIL, then `transform`.
+
+    `prefetch_rows` reads the undecoded images of all rows of a batch from Arrow in one call;
+    labels are held in memory as one array.
+    """
+
+    def __init__(
+        self,
+        split: datasets.Dataset,
+        transform: Callable[[PILImage.Image], torch.Tensor],
+        image_column: str,
+        label_column: str,
+        split_name: str = "train",
+    ):
+        self.images = undecoded_images(split.select_columns([image_column]), image_column, split_name)
+        self.labels = read_labels(split, label_column, split_name)
+        self.transform = transform
+        self.image_column = image_column
+        self.split_name = split_name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def prefetch_rows(self, rows: list[int]) -> dict[int, dict[str, Any]]:
+        return dict(zip(rows, self.images[rows][self.image_column]))
+
+    def fetch_row(self, row: int, prefetched: dict[int, dict[str, Any]]) -> tuple[torch.Tensor, int]:
+        return self.transform(decode_image(prefetched[row], self.split_name, row)), int(self.labels[row])
+
+
+class ItemDataset(InterTrainItemDataset):
+    """Any map-style dataset of {"pixel_values", "labels"} dicts, served with InterTrain item keys.
+
+    For users who bring their own dataset to the trainer. Randomness of augmentation is the wrapped
+    dataset's own (each constituent's row is fetched separately, so constituents are augmented independently).
+    """
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def fetch_row(self, row: int, prefetched: Any) -> tuple[torch.Tensor, int]:
+        example = self.dataset[row]
+        if not isinstance(example, dict) or "pixel_values" not in example or "labels" not in example:
+            found = sorted(example) if isinstance(example, dict) else type(example).__name__
+            raise ValueError(
+                f"train_dataset row {row} must be a dict with 'pixel_values' and 'labels', got {found}; use "
+                "ImageClassificationDataset or a dataset that returns those keys"
+            )
+        return torch.as_tensor(example["pixel_values"]).as_subclass(torch.Tensor), int(example["labels"])
+
+
+def as_item_dataset(dataset: Any) -> InterTrainItemDataset:
+    """The dataset itself if it already serves InterTrain item keys, else wrapped in `ItemDataset`."""
+    if isinstance(dataset, InterTrainItemDataset):
+        return dataset
+    return ItemDataset(dataset)
+
+
+class InterTrainCollator:
+    """Stack InterTrain items into a batch: 4-way composites first, then pairs (each in given order), then singles.
+
+    Always: "pixel_values" [B, C, H, W], "labels" int64 [B], "sample_index" int64 [B]. When the batch holds P > 0
+    pairs (4-way composites included), its rows 0..P-1 are their a-constituents and it also has "pixel_values_b"
+    [P, C, H, W], "labels_b" int64 [P], "sample_index_b" int64 [P] and "interp_ratio" float32 [P]. With Q > 0 4-way
+    composites (rows 0..Q-1), the `_c` and `_d` keys hold their third and fourth constituents ([Q, ...]); their
+    "interp_ratio" is nominal (the shares come with the partition). A batch without pairs has only the a-keys, so the
+    same collator serves evaluation; "sample_index" is left out when the items lack it, as after the Trainer's
+    `remove_unused_columns` drops keys the model's `forward` does not take. Pixels are stacked as they come, whatever
+    their dtype.
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError(
+                "InterTrainCollator got an empty batch; the sampler must yield at least one item per batch"
+            )
+        quads = [item for item in features if "pixel_values_c" in item]
+        pairs = quads + [item for item in features if "pixel_values_b" in item and "pixel_values_c" not in item]
+        ordered = pairs + [item for item in features if "pixel_values_b" not in item]
+        batch = {
+            "pixel_values": torch.stack([item["pixel_values"] for item in ordered]),
+            "labels": torch.tensor([item["labels"] for item in ordered], dtype=torch.int64),
+        }
+        if all("sample_index" in item for item in ordered):
+            batch["sample_index"] = torch.tensor([item["sample_index"] for item in ordered], dtype=torch.int64)
+        if pairs:
+            batch.update(_stack_constituent(pairs, "b"))
+            batch["interp_ratio"] = torch.tensor([item["interp_ratio"] for item in pairs], dtype=torch.float32)
+        for suffix in EXTRA_CONSTITUENTS[1:] if quads else ():
+            batch.update(_stack_constituent(quads, suffix))
+        return batch
+
+
+def _stack_constituent(items: list[dict[str, Any]], suffix: str) -> dict[str, torch.Tensor]:
+    """The `_<suffix>` constituent's pixels, labels and sample indices of `items`, stacked."""
+    return {
+        f"pixel_values_{suffix}": torch.stack([item[f"pixel_values_{suffix}"] for item in items]),
+        f"labels_{suffix}": torch.tensor([item[f"labels_{suffix}"] for item in items], dtype=torch.int64),
+        f"sample_index_{suffix}": torch.tensor([item[f"sample_index_{suffix}"] for item in items], dtype=torch.int64),
+    }
+
+
+def batch_seeds(seed: int, epoch: int, keys: Sequence[ItemKey]) -> list[int]:
+    """The three host-RNG seeds (Python, numpy, torch) of one batch, from the seed, the epoch and the batch's keys.
+
+    Each key contributes its rows (`b`, `c`, `d` shifted by one so that -1 counts), not its ratio; an int key
+    contributes its row alone.
+    """
+    entropy = [seed, epoch]
+    for key in keys:
+        if isinstance(key, (tuple, list)):
+            entropy += [int(key[0]), int(key[1]) + 1] + [int(x) + 1 for x in key[3:]]
+        else:
+            entropy.append(int(key))
+    return [int(value) for value in np.random.SeedSequence(entropy).generate_state(3)]
+
+
+class BatchSeededDataset(torch.utils.data.Dataset):
+    """Fetches each batch with Python's, numpy's and torch's CPU RNGs seeded by (seed, epoch, the batch's items).
+
+    Augmentation then depends on the epoch plan only, not on how many batches were fetched before or in which
+    process: a run resumed mid-epoch (whose skipped batches are never fetched) augments the remaining batches as
+    the uninterrupted run did, whatever `dataloader_num_workers`. The global RNG states are restored after each
+    fetch (`preserved_host_rngs`), so the training step's own randomness (dropout) is what transformers saves in its
+    checkpoints. `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the
+    value of the epoch they started in; the batch's items still differ from epoch to epoch).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: ItemKey) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[ItemKey]) -> list[dict[str, Any]]:
+        with preserved_host_rngs(batch_seeds(self.seed, self.epoch, keys)):
+            return self.dataset.__getitems__(keys)

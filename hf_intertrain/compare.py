@@ -252,7 +252,8 @@ def load_finished(run_dir: str, fingerprint: dict[str, Any], ignore: tuple[str, 
     saved = data.get("fingerprint")
     if not isinstance(saved, dict):
         raise ValueError(
-            f"{run_dir} holds a finished run without recorded settings (not written by compare): pick another --output_dir"
+            f"{run_dir} holds a finished run without recorded settings (not written by compare): "
+            "pick another --output_dir"
         )
     differences = [key for key in fingerprint if key not in ignore and saved.get(key) != fingerprint[key]]
     if differences:
@@ -275,7 +276,8 @@ def check_reusable(
     `budget` and `random_subset` take from their matched run are checked when that run is known)."""
     for seed in seeds:
         for name in variants:
-            args = variant_arguments(training_args, name, seed, run_dir(training_args.output_dir, name, seed, len(seeds) > 1))
+            folder = run_dir(training_args.output_dir, name, seed, len(seeds) > 1)
+            args = variant_arguments(training_args, name, seed, folder)
             ignore = ("max_steps", "random_subset_sizes") if name in MATCHED_VARIANTS else ()
             load_finished(args.output_dir, run_fingerprint(model_args, data_args, args), ignore)
 
@@ -290,6 +292,7 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Train every variant with every seed (seed by seed, in the order of `variants`), reusing finished runs with
     the same settings, then write and return the comparison."""
+    variants = parse_variants(",".join(variants))
     seeds = list(seeds or [training_args.seed])
     main_process = training_args.process_index == 0
     check_reusable(model_args, data_args, training_args, variants, seeds)
@@ -396,7 +399,8 @@ def summarize(
     seed's run. `verdict`, when `budget` ran: every other challenger against it (`verdicts`).
     """
     reports = {
-        name: by_seed if isinstance(by_seed, dict) else {training_args.seed: by_seed} for name, by_seed in reports.items()
+        name: by_seed if isinstance(by_seed, dict) else {training_args.seed: by_seed}
+        for name, by_seed in reports.items()
     }
     seeds = list(reports["baseline"])
     runs = {}
@@ -515,7 +519,8 @@ def format_table(comparison: dict[str, Any]) -> str:
     for name, entry in verdict.items():
         delta = _fmt(None if entry["accuracy_delta"] is None else 100 * entry["accuracy_delta"], "+.1f")
         outcome = "wins" if entry["wins"] else "loses"
-        lines.append(f"{name} vs budget: {delta} points at {_fmt(entry['seconds_ratio'], '.2f', 'x')} the time -> {outcome}")
+        ratio = _fmt(entry["seconds_ratio"], ".2f", "x")
+        lines.append(f"{name} vs budget: {delta} points at {ratio} the time -> {outcome}")
     return "\n".join(lines)
 
 
@@ -632,14 +637,17 @@ def run_sweep(
     seeds = list(seeds or [training_args.seed])
     per_length = {
         length: dataclasses.replace(
-            training_args, num_train_epochs=length, output_dir=os.path.join(training_args.output_dir, f"epochs-{length}")
+            training_args,
+            num_train_epochs=length,
+            output_dir=os.path.join(training_args.output_dir, f"epochs-{length}"),
         )
         for length in lengths
     }
     for args in per_length.values():
         check_reusable(model_args, data_args, args, variants, seeds)
     comparisons = {
-        length: run_comparison(model_args, data_args, args, variants, train, seeds) for length, args in per_length.items()
+        length: run_comparison(model_args, data_args, args, variants, train, seeds)
+        for length, args in per_length.items()
     }
     sweep = summarize_sweep(comparisons, variants, seeds)
     if training_args.process_index == 0:
@@ -701,7 +709,8 @@ def format_sweep(sweep: dict[str, Any]) -> str:
                 f"{_fmt(run['optimizer_steps'], '.0f'):>8}"
             )
         if entry.get("intertrain_minus_budget") is not None:
-            lines.append(f"{length:>6} {sweep['matched']} - budget: {100 * entry['intertrain_minus_budget']:+.1f} points")
+            difference = 100 * entry["intertrain_minus_budget"]
+            lines.append(f"{length:>6} {sweep['matched']} - budget: {difference:+.1f} points")
     return "\n".join(lines)
 
 
@@ -726,7 +735,7 @@ def plot_sweep(sweep: dict[str, Any], path: str) -> None:
         means = [run["eval_accuracy_mean"] for _, run in rows]
         stds = [run["eval_accuracy_std"] or 0.0 for _, run in rows]
         seconds = [run["train_seconds_mean"] for _, run in rows]
-        ax_len.errorbar([length for length, _ in rows], means, yerr=stds, color=color, marker="o", capsize=3, label=name)
+        ax_len.errorbar([n for n, _ in rows], means, yerr=stds, color=color, marker="o", capsize=3, label=name)
         ax_time.errorbar(seconds, means, yerr=stds, color=color, marker="o", capsize=3, label=name)
         for (length, run), x, y in zip(rows, seconds, means):
             ax_time.annotate(f"{length}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
@@ -734,7 +743,9 @@ def plot_sweep(sweep: dict[str, Any], path: str) -> None:
             seed_points = [(t, a) for t, a in seed_points if a is not None]
             if len(seed_points) > 1:
                 ax_time.scatter(*zip(*seed_points), color=color, s=8, alpha=0.35)
-    ax_len.set(xlabel="schedule length (epochs)", ylabel="eval top-1", title="Top-1 against schedule length (mean ± std)")
+    ax_len.set(
+        xlabel="schedule length (epochs)", ylabel="eval top-1", title="Top-1 against schedule length (mean ± std)"
+    )
     ax_time.set(
         xlabel="training wall-clock time (s, evaluation excluded)",
         ylabel="eval top-1",

@@ -390,6 +390,15 @@ def test_comparison_plot_draws_each_seed(tmp_path):
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_compare_help_explains_the_new_variants_and_flags(capfd):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = " ".join(capfd.readouterr()[0].split())
+    for text in ("--seeds", "--epochs_sweep", "budget (the baseline trained for exactly as many optimizer steps",
+                 "random_subset (no interpolation", "infobatch (InfoBatch", "mean ± std", "output_dir/epochs-E"):
+        assert text in out, text
+
+
 def test_parse_seeds():
     assert parse_seeds("0, 1,2,1") == [0, 1, 2] and parse_seeds(5) == [5]
     with pytest.raises(ValueError, match="--seeds='0,x' must be comma-separated integers"):

@@ -27,7 +27,7 @@ from .config import DataArguments, InterTrainArguments, ModelArguments
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
 COMMANDS = {
     "train": "train one model (InterTrain, or the baseline with --interpolation none)",
-    "compare": "train the baseline and InterTrain with the same seed and settings; write comparison.json/.png",
+    "compare": "train the baseline and InterTrain with the same seeds and settings; write comparison.json/.png",
     "bench-sampler": "time the tracker's end-of-epoch decision and the next epoch's plan on simulated losses",
 }
 
@@ -39,10 +39,30 @@ class CompareArguments:
     variants: str = field(
         default="baseline,intertrain",
         metadata={
-            "help": "Comma-separated runs, all with the same seed and hyper-parameters: baseline (interpolation "
+            "help": "Comma-separated runs, all with the same seeds and hyper-parameters: baseline (interpolation "
             "none, always run first), intertrain (the configuration as given), randpatch, linavg, naive (random pairs "
             "of all samples every epoch, no selective/split/adaptive), no_split (RandPatch without split "
-            "propagation), region1 (Region 1 only), skip (skip instead of interpolating). See compare.py."
+            "propagation), region1 (Region 1 only), skip (skip instead of interpolating), randpatch4, mosaic4, "
+            "randpatch4_region1 (4-way composites); budget (the baseline trained for exactly as many optimizer steps "
+            "as the first interpolating run, its learning-rate schedule fitted to them: what a user gets by simply "
+            "training less; every other run gets a verdict against it), random_subset (no interpolation, each epoch a "
+            "random subset as large as that run's items), infobatch (InfoBatch: loss-based random pruning, loss "
+            "rescaled). See compare.py."
+        },
+    )
+    seeds: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated seeds, e.g. 0,1,2: every variant runs with each (into output_dir/NAME/seed-S), "
+            "and the table shows top-1 as mean ± std. Default: --seed only (into output_dir/NAME)."
+        },
+    )
+    epochs_sweep: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated schedule lengths in epochs, e.g. 12,36,72: the whole comparison runs at each "
+            "(into output_dir/epochs-E), then sweep.json/sweep.png show top-1 against length and training time. "
+            "Finished runs with the same settings are reused, so the same command completes an interrupted sweep."
         },
     )
 
@@ -145,10 +165,16 @@ def main(argv: list[str] | None = None) -> int:
 
             run_bench_sampler(*parsed)
         else:
-            from .compare import parse_variants, run_comparison
+            from .compare import parse_lengths, parse_seeds, parse_variants, run_comparison, run_sweep
 
             model_args, data_args, training_args, compare_args = parsed
-            run_comparison(model_args, data_args, training_args, parse_variants(compare_args.variants))
+            variants = parse_variants(compare_args.variants)
+            seeds = parse_seeds(compare_args.seeds) if compare_args.seeds is not None else None
+            if compare_args.epochs_sweep is not None:
+                lengths = parse_lengths(compare_args.epochs_sweep)
+                run_sweep(model_args, data_args, training_args, variants, lengths, seeds=seeds)
+            else:
+                run_comparison(model_args, data_args, training_args, variants, seeds=seeds)
     except (ValueError, OSError) as e:
         if os.environ.get("HF_INTERTRAIN_DEBUG"):
             raise

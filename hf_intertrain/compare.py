@@ -1,7 +1,8 @@
-"""Side-by-side runs: the baseline, InterTrain and the paper's ablations with the same seed and hyper-parameters.
+"""Side-by-side runs: the baseline, InterTrain, its ablations, a budget-matched baseline and peer methods, with
+the same hyper-parameters and several seeds.
 
-`run_comparison` trains each variant in turn (fresh model from the same seed), then writes `comparison.json`,
-`comparison.png` and prints a summary table. What the paper measures (ALGORITHM.md, "What the paper measures"):
+`run_comparison` trains each variant for each seed (a fresh model per run), then writes `comparison.json`,
+`comparison.png` and prints a summary table. What the paper measures (docs/method.md, "What the paper measures"):
 top-1, wall-clock speed-up against the baseline, the fraction of samples interpolated per epoch, the counts per
 loss region per epoch, and accuracy against training time.
 
@@ -26,12 +27,33 @@ Variants (`VARIANTS`; each sets `InterTrainArguments` fields on top of the run's
   it follows the run's `amenability_regions` (Regions 1 and 3 by default), so it compares skipping with
   interpolating the very samples InterTrain picks. Table 5's oracle instance skipping (a forward pass over every
   sample each epoch) is not reproduced.
-- `randpatch4`, `mosaic4` (issue 6): InterTrain with RandPatch pairs, plus 4-way composites (RandPatch-4 or
-  Mosaic-4) for the samples the tracker's four-way selection marks; `randpatch4_region1` groups every Region-1
-  member by four on its second interpolated epoch (the selection's ablation; the only one whose ideal speed-up
-  can approach 2x).
+- `randpatch4`, `mosaic4` (docs/method.md, "Four-way composites"): InterTrain with RandPatch pairs, plus 4-way
+  composites (RandPatch-4 or Mosaic-4) for the samples the tracker's four-way selection marks;
+  `randpatch4_region1` groups every Region-1 member by four on its second interpolated epoch (the selection's
+  ablation; the only one whose ideal speed-up can approach 2x).
 
-Every variant but `intertrain` sets `four_way` itself (none, unless it is a 4-way variant).
+Budget-matched baseline and peer methods (docs/method.md, "Peer methods and budget-matched baselines"). A user
+who wants a shorter run can simply train fewer steps with the schedule fitted to them; InterTrain has to beat that.
+
+- `budget`: the baseline with `max_steps` = the optimizer steps of the *matched run* (the first interpolating
+  variant of the invocation), seed by seed: its learning-rate schedule is fitted to that many steps and fully
+  decays. `verdict` compares every other run with it.
+- `random_subset`: no interpolation; each epoch trains a fresh random subset as large as the matched run's items
+  that epoch (`data_selection="random_subset"`, `random_subset_sizes`), same seed.
+- `infobatch`: no interpolation; InfoBatch's loss-based random pruning with loss rescaling
+  (`data_selection="infobatch"`, with the run's `infobatch_*` arguments).
+
+`budget` and `random_subset` run after the matched run (`parse_variants` moves them there). Every variant but
+`intertrain` sets `four_way` and `data_selection` itself.
+
+Seeds: every variant runs with each seed of `seeds` (default: the run's own `seed`), into `output_dir/NAME` for
+one seed and `output_dir/NAME/seed-S` for several. Single-seed top-1 moves by about a point between seeds, so a
+difference smaller than the spread over seeds is not a result.
+
+Resume: a run whose folder already holds a finished `intertrain_run.json` with the same `fingerprint` (settings
+that decide the result) is loaded instead of trained again; one with another fingerprint is refused, never
+overwritten. `run_sweep` builds on this: it runs the comparison at several schedule lengths (`epochs-E/`) and
+writes `sweep.json` / `sweep.png`; an interrupted sweep is completed by running the same command again.
 """
 
 from __future__ import annotations
@@ -40,19 +62,25 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 from typing import Any, Callable
 
 from .config import DataArguments, InterTrainArguments, ModelArguments
-from .run import RunReport, run_training
+from .run import RUN_REPORT_NAME, RunReport, run_training
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_PNG = "comparison.png"
+SWEEP_JSON = "sweep.json"
+SWEEP_PNG = "sweep.png"
 
 # Each variant: the InterTrainArguments fields it sets on top of the run's own configuration.
-_PAIRS = {"four_way": "none"}
-_FOUR_WAY = {"interpolation": "randpatch", "split_propagation": True, "selective_interpolation": True}
+_PAIRS = {"four_way": "none", "data_selection": "none"}
+_FOUR_WAY = {
+    "interpolation": "randpatch", "split_propagation": True, "selective_interpolation": True, "data_selection": "none"
+}
+_PLAIN = {"interpolation": "none", "four_way": "none", "data_selection": "none"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {"interpolation": "none", **_PAIRS},
+    "baseline": _PLAIN,
     "intertrain": {},
     "randpatch": {"interpolation": "randpatch", **_PAIRS},
     "linavg": {"interpolation": "linavg", **_PAIRS},
@@ -65,7 +93,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "randpatch4_region1": {
         **_FOUR_WAY, "amenable_action": "interpolate", "four_way": "randpatch4", "four_way_selection": "region1"
     },
+    "budget": _PLAIN,  # + max_steps of the matched run
+    "random_subset": {**_PLAIN, "data_selection": "random_subset"},  # + random_subset_sizes of the matched run
+    "infobatch": {**_PLAIN, "data_selection": "infobatch"},
 }
+MATCHED_VARIANTS = ("budget", "random_subset")
+"""Variants sized from the matched run (the invocation's first interpolating variant), seed by seed."""
 SETTINGS = (
     "interpolation",
     "split_propagation",
@@ -75,29 +108,178 @@ SETTINGS = (
     "amenable_action",
     "four_way",
     "four_way_selection",
+    "data_selection",
+    "random_subset_sizes",
+    "infobatch_prune_probability",
+    "infobatch_full_data_fraction",
+    "max_steps",
 )
 """The InterTrainArguments fields a variant may change, recorded per run in comparison.json."""
+FINGERPRINT_ARGUMENTS = (
+    *SETTINGS,
+    "patch_ratio",
+    "seed",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "optim",
+    "weight_decay",
+)
+"""The InterTrainArguments fields of a run's fingerprint (with the model and the data): a finished run is reused
+only when all of them are the same."""
+_MEANED = (
+    "train_seconds", "eval_accuracy", "eval_top5", "items_trained", "train_runtime", "optimizer_steps",
+    "mean_approximated_fraction",
+)
+
+
+def interpolates(name: str) -> bool:
+    """Whether the variant interpolates (its training differs from the baseline's by interpolation)."""
+    return VARIANTS[name].get("interpolation") != "none"
+
+
+def matched_variant(variants: list[str]) -> str | None:
+    """The run that `budget` and `random_subset` match: the first interpolating variant."""
+    return next((name for name in variants if interpolates(name)), None)
 
 
 def parse_variants(spec: str) -> list[str]:
-    """`'baseline,intertrain'` -> validated variant names; the baseline always runs first."""
+    """`'baseline,intertrain'` -> validated variant names; the baseline runs first, `budget` and `random_subset`
+    after the run they match."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
-    names = [name for name in names if name != "baseline"]
-    return ["baseline", *dict.fromkeys(names)]
+    names = ["baseline", *dict.fromkeys(name for name in names if name != "baseline")]
+    dependent = [name for name in names if name in MATCHED_VARIANTS]
+    matched = matched_variant(names)
+    if dependent and matched is None:
+        raise ValueError(
+            f"variant(s) {', '.join(dependent)} match the steps of an interpolating run: add one to --variants "
+            "(e.g. intertrain, randpatch or linavg)"
+        )
+    early = [name for name in names[: names.index(matched)] if name in MATCHED_VARIANTS] if matched else []
+    names = [name for name in names if name not in early]
+    at = names.index(matched) + 1 if matched else 0
+    return names[:at] + early + names[at:]
 
 
-def variant_arguments(training_args: InterTrainArguments, name: str) -> InterTrainArguments:
-    """The run's arguments with the variant's fields, writing into `output_dir/name`.
+def parse_seeds(spec: str | int) -> list[int]:
+    """`'0,1,2'` -> [0, 1, 2] (duplicates dropped)."""
+    try:
+        seeds = [int(part) for part in str(spec).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds={spec!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ValueError("--seeds is empty: give comma-separated integers, e.g. 0,1,2")
+    return list(dict.fromkeys(seeds))
 
-    A variant other than the baseline interpolates: with `interpolation="none"` configured, it uses RandPatch.
+
+def parse_lengths(spec: str | int) -> list[int]:
+    """`'12,36,72'` -> [12, 36, 72]: the schedule lengths (epochs) of a sweep."""
+    try:
+        lengths = [int(part) for part in str(spec).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--epochs_sweep={spec!r} must be comma-separated whole epochs, e.g. 12,36,72") from None
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"--epochs_sweep={spec!r} must list whole epochs of at least 1, e.g. 12,36,72")
+    return list(dict.fromkeys(lengths))
+
+
+def run_dir(output_dir: str, name: str, seed: int, several_seeds: bool) -> str:
+    """`output_dir/NAME` for one seed, `output_dir/NAME/seed-S` for several."""
+    return os.path.join(output_dir, name, f"seed-{seed}") if several_seeds else os.path.join(output_dir, name)
+
+
+def variant_arguments(
+    training_args: InterTrainArguments,
+    name: str,
+    seed: int | None = None,
+    output_dir: str | None = None,
+    matched: RunReport | None = None,
+) -> InterTrainArguments:
+    """The run's arguments with the variant's fields, writing into `output_dir` (default `training_args.output_dir
+    /name`), with `seed` if given.
+
+    A variant listed as interpolating uses RandPatch where `interpolation="none"` is configured. `budget` and
+    `random_subset` take their size from `matched`, the matched run's report of the same seed (without it, those
+    fields stay as configured).
     """
-    changes = dict(VARIANTS[name], output_dir=os.path.join(training_args.output_dir, name))
-    if changes.get("interpolation", training_args.interpolation) == "none" and name != "baseline":
+    changes = dict(VARIANTS[name], output_dir=output_dir or os.path.join(training_args.output_dir, name))
+    if seed is not None:
+        changes["seed"] = seed
+    if interpolates(name) and changes.get("interpolation", training_args.interpolation) == "none":
         changes["interpolation"] = "randpatch"
+    if matched is not None and name == "budget":
+        if not matched.optimizer_steps:
+            raise ValueError(f"the run in {matched.output_dir} has no optimizer_steps recorded: train it again")
+        changes["max_steps"] = int(matched.optimizer_steps)
+    if matched is not None and name == "random_subset":
+        changes["random_subset_sizes"] = ",".join(str(int(row["items"])) for row in matched.epochs)
     return dataclasses.replace(training_args, **changes)
+
+
+def run_fingerprint(model_args: ModelArguments, data_args: DataArguments, args: InterTrainArguments) -> dict[str, Any]:
+    """The settings that decide a run's result, as JSON values: what makes a finished run reusable."""
+    fingerprint = {
+        "model_name": model_args.model_name,
+        "model_kwargs": model_args.create_kwargs(),
+        "pretrained": model_args.pretrained,
+        "dataset_name": data_args.dataset_name,
+        "dataset_config": data_args.dataset_config,
+        "max_train_samples": data_args.max_train_samples,
+        "max_eval_samples": data_args.max_eval_samples,
+        "image_size": data_args.image_size,
+        **{key: getattr(args, key) for key in FINGERPRINT_ARGUMENTS},
+    }
+    return json.loads(json.dumps(fingerprint, default=str))
+
+
+def load_finished(run_dir: str, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> RunReport | None:
+    """The finished run in `run_dir` if it has this fingerprint; None if there is none; a ValueError if it has
+    another (keys in `ignore` are not compared)."""
+    path = os.path.join(run_dir, RUN_REPORT_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is not valid JSON: remove that folder or pick another --output_dir") from None
+    saved = data.get("fingerprint")
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"{run_dir} holds a finished run without recorded settings (not written by compare): "
+            "pick another --output_dir"
+        )
+    differences = [key for key in fingerprint if key not in ignore and saved.get(key) != fingerprint[key]]
+    if differences:
+        key = differences[0]
+        raise ValueError(
+            f"{run_dir} holds a finished run with other settings ({key}={saved.get(key)!r}, now {fingerprint[key]!r}): "
+            "pick another --output_dir"
+        )
+    return RunReport.from_dict(data)
+
+
+def check_reusable(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: InterTrainArguments,
+    variants: list[str],
+    seeds: list[int],
+) -> None:
+    """Refuse, before anything trains, a finished run in the way whose settings differ (the steps and items that
+    `budget` and `random_subset` take from their matched run are checked when that run is known)."""
+    for seed in seeds:
+        for name in variants:
+            folder = run_dir(training_args.output_dir, name, seed, len(seeds) > 1)
+            args = variant_arguments(training_args, name, seed, folder)
+            ignore = ("max_steps", "random_subset_sizes") if name in MATCHED_VARIANTS else ()
+            load_finished(args.output_dir, run_fingerprint(model_args, data_args, args), ignore)
 
 
 def run_comparison(
@@ -106,16 +288,37 @@ def run_comparison(
     training_args: InterTrainArguments,
     variants: list[str],
     train: Callable[[ModelArguments, DataArguments, InterTrainArguments], RunReport] = run_training,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Train every variant, then write and return the comparison."""
-    reports: dict[str, RunReport] = {}
+    """Train every variant with every seed (seed by seed, in the order of `variants`), reusing finished runs with
+    the same settings, then write and return the comparison."""
+    variants = parse_variants(",".join(variants))
+    seeds = list(seeds or [training_args.seed])
+    main_process = training_args.process_index == 0
+    check_reusable(model_args, data_args, training_args, variants, seeds)
+    matched_name = matched_variant(variants)
+    reports: dict[str, dict[int, RunReport]] = {name: {} for name in variants}
     settings: dict[str, dict[str, Any]] = {}
-    for name in variants:
-        args = variant_arguments(training_args, name)
-        settings[name] = {key: getattr(args, key) for key in SETTINGS}
-        reports[name] = train(model_args, data_args, args)
+    for seed in seeds:
+        for name in variants:
+            matched = reports[matched_name][seed] if name in MATCHED_VARIANTS else None
+            folder = run_dir(training_args.output_dir, name, seed, len(seeds) > 1)
+            args = variant_arguments(training_args, name, seed, folder, matched)
+            settings.setdefault(name, {key: getattr(args, key) for key in SETTINGS})
+            fingerprint = run_fingerprint(model_args, data_args, args)
+            report = load_finished(folder, fingerprint)
+            if report is not None:
+                if main_process:
+                    print(f"compare: {name} seed {seed}: reusing the finished run in {folder} (same settings)")
+            else:
+                report = dataclasses.replace(train(model_args, data_args, args), fingerprint=fingerprint)
+                if main_process:
+                    os.makedirs(folder, exist_ok=True)
+                    with open(os.path.join(folder, RUN_REPORT_NAME), "w") as f:
+                        json.dump(report.to_dict(), f, indent=2)
+            reports[name][seed] = report
     comparison = summarize(reports, model_args, data_args, training_args, settings)
-    if training_args.process_index == 0:
+    if main_process:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, COMPARISON_JSON), "w") as f:
             json.dump(comparison, f, indent=2)
@@ -145,40 +348,103 @@ def epoch_rows(report: RunReport) -> list[dict[str, Any]]:
     return rows
 
 
+def _mean(values: list) -> float | None:
+    """The mean; a single value as it is (one seed keeps the run's own numbers and types)."""
+    if any(v is None for v in values):
+        return None
+    return values[0] if len(values) == 1 else statistics.fmean(values)
+
+
+def _std(values: list) -> float | None:
+    """Sample standard deviation (ddof=1); 0.0 for a single value."""
+    if any(v is None for v in values):
+        return None
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _run_dict(report: RunReport, baseline: RunReport, settings: dict[str, Any]) -> dict[str, Any]:
+    """One run against the baseline of the same seed."""
+    run = report.to_dict()
+    run["epochs"] = epoch_rows(report)
+    run["settings"] = settings
+    run["speedup"] = _ratio(baseline.train_seconds, report.train_seconds)
+    run["ideal_speedup"] = _ratio(baseline.items_trained, report.items_trained)
+    run["speedup_efficiency"] = _ratio(run["speedup"], run["ideal_speedup"])
+    run["accuracy_delta"] = (
+        report.eval_accuracy - baseline.eval_accuracy
+        if baseline.eval_accuracy is not None and report.eval_accuracy is not None
+        else None
+    )
+    fractions = [row["approximated_fraction"] for row in run["epochs"]]
+    run["mean_approximated_fraction"] = sum(fractions) / len(fractions) if fractions else 0.0
+    return run
+
+
 def summarize(
-    reports: dict[str, RunReport],
+    reports: dict[str, RunReport] | dict[str, dict[int, RunReport]],
     model_args: ModelArguments,
     data_args: DataArguments,
     training_args: InterTrainArguments,
     settings: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """comparison.json: every run with its per-epoch statistics, speed-up and ideal speed-up against the baseline."""
-    baseline = reports["baseline"]
+    """comparison.json: every run with its per-epoch statistics, speed-up and ideal speed-up against the baseline.
+
+    `reports` maps a variant to its report, or to `{seed: report}`. `runs[name]["seeds"][str(seed)]` is that seed's
+    run against the baseline of the same seed. `runs[name]` itself holds, for several seeds, the means over seeds
+    of the measurements (`train_seconds`, `eval_accuracy`, `eval_top5`, `items_trained`, `train_runtime`,
+    `optimizer_steps`, `mean_approximated_fraction`), speed-ups and `accuracy_delta` computed from those means
+    (baseline mean seconds / variant mean seconds; ideal from the mean items), `eval_accuracy_mean/_std` and
+    `train_seconds_mean/_std` (sample std, 0.0 for one seed), and the first seed's `epochs`, `settings`, `seed`,
+    `output_dir` and `fingerprint`. Each seed's own settings (`budget`'s `max_steps` differs by seed) are in its
+    seed's run. `verdict`, when `budget` ran: every other challenger against it (`verdicts`).
+    """
+    reports = {
+        name: by_seed if isinstance(by_seed, dict) else {training_args.seed: by_seed}
+        for name, by_seed in reports.items()
+    }
+    seeds = list(reports["baseline"])
     runs = {}
-    for name, report in reports.items():
-        run = report.to_dict()
-        run["epochs"] = epoch_rows(report)
-        run["settings"] = (settings or {}).get(name, {})
-        run["speedup"] = _ratio(baseline.train_seconds, report.train_seconds)
-        run["ideal_speedup"] = _ratio(baseline.items_trained, report.items_trained)
+    for name, by_seed in reports.items():
+        per_seed = {}
+        for seed, report in by_seed.items():
+            own = dict((settings or {}).get(name, {}))
+            if report.fingerprint:
+                own.update({key: report.fingerprint[key] for key in SETTINGS if key in report.fingerprint})
+            per_seed[seed] = _run_dict(report, reports["baseline"][seed], own)
+        run = dict(per_seed[seeds[0]])
+        run["settings"] = dict((settings or {}).get(name, run["settings"]))
+        for key in _MEANED:
+            run[key] = _mean([per_seed[seed][key] for seed in seeds])
+        accuracies = [per_seed[seed]["eval_accuracy"] for seed in seeds]
+        seconds = [per_seed[seed]["train_seconds"] for seed in seeds]
+        run.update(
+            eval_accuracy_mean=_mean(accuracies),
+            eval_accuracy_std=_std(accuracies),
+            train_seconds_mean=_mean(seconds),
+            train_seconds_std=_std(seconds),
+            seeds={str(seed): per_seed[seed] for seed in seeds},
+        )
+        runs[name] = run
+    baseline = runs["baseline"]
+    for run in runs.values():
+        run["speedup"] = _ratio(baseline["train_seconds"], run["train_seconds"])
+        run["ideal_speedup"] = _ratio(baseline["items_trained"], run["items_trained"])
         run["speedup_efficiency"] = _ratio(run["speedup"], run["ideal_speedup"])
         run["accuracy_delta"] = (
-            report.eval_accuracy - baseline.eval_accuracy
-            if baseline.eval_accuracy is not None and report.eval_accuracy is not None
+            run["eval_accuracy"] - baseline["eval_accuracy"]
+            if run["eval_accuracy"] is not None and baseline["eval_accuracy"] is not None
             else None
         )
-        fractions = [row["approximated_fraction"] for row in run["epochs"]]
-        run["mean_approximated_fraction"] = sum(fractions) / len(fractions) if fractions else 0.0
-        runs[name] = run
     comparison: dict[str, Any] = {
         "model_name": model_args.model_name,
         "model_kwargs": model_args.create_kwargs(),
         "dataset_name": data_args.dataset_name,
-        "num_train_samples": baseline.num_train_samples,
+        "num_train_samples": baseline["num_train_samples"],
         "num_train_epochs": training_args.num_train_epochs,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "learning_rate": training_args.learning_rate,
-        "seed": training_args.seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "variants": list(runs),
         "runs": runs,
     }
@@ -188,7 +454,32 @@ def summarize(
         comparison["ideal_speedup"] = runs[challengers[0]]["ideal_speedup"]
         comparison["baseline"] = runs["baseline"]
         comparison["intertrain"] = runs[challengers[0]]
+    if "budget" in runs:
+        comparison["verdict"] = verdicts(runs)
     return comparison
+
+
+WIN_SECONDS_RATIO = 1.05
+"""A challenger wins against `budget` with better mean top-1 in at most this multiple of its mean seconds."""
+
+
+def verdicts(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every run but the baseline and the budget against the budget-matched baseline, from the means over seeds
+    (docs/method.md, "Peer methods and budget-matched baselines")."""
+    budget = runs["budget"]
+    verdict = {}
+    for name, run in runs.items():
+        if name in ("baseline", "budget"):
+            continue
+        delta = (
+            run["eval_accuracy"] - budget["eval_accuracy"]
+            if run["eval_accuracy"] is not None and budget["eval_accuracy"] is not None
+            else None
+        )
+        ratio = _ratio(run["train_seconds"], budget["train_seconds"])
+        wins = delta is not None and ratio is not None and delta > 0 and ratio <= WIN_SECONDS_RATIO
+        verdict[name] = {"vs": "budget", "accuracy_delta": delta, "seconds_ratio": ratio, "wins": wins}
+    return verdict
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -196,10 +487,19 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def format_table(comparison: dict[str, Any]) -> str:
-    """A plain-text summary: one row per run (per-epoch details are in comparison.json)."""
+    """A plain-text summary: one row per run (top-1 as mean ± std over several seeds; per-epoch details are in
+    comparison.json), then one verdict line per challenger when `budget` ran."""
+    several = len(comparison.get("seeds", [None])) > 1
+    top1 = {
+        name: _fmt(run["eval_accuracy"], ".4f")
+        + (f"±{_fmt(run.get('eval_accuracy_std'), '.4f')}" if several and run["eval_accuracy"] is not None else "")
+        for name, run in comparison["runs"].items()
+    }
+    width = max(7, *(len(text) for text in top1.values()))
+    names = max(11, *(len(name) for name in comparison["runs"]))
     header = (
-        f"{'run':<11} {'train s':>9} {'top-1':>7} {'Δtop-1':>8} {'speed-up':>9} {'ideal':>7} {'eff.':>5} "
-        f"{'approx. frac. mean/last':>23}"
+        f"{'run':<{names}} {'train s':>9} {'top-1':>{width}} {'Δtop-1':>8} {'speed-up':>9} {'ideal':>7} {'eff.':>5} "
+        f"{'steps':>7} {'approx. frac. mean/last':>23}"
     )
     lines = [header, "-" * len(header)]
     for name, run in comparison["runs"].items():
@@ -207,11 +507,20 @@ def format_table(comparison: dict[str, Any]) -> str:
         last = epochs[-1]["approximated_fraction"] if epochs else None
         kind = " (skipped)" if run["settings"].get("amenable_action") == "skip" else ""
         lines.append(
-            f"{name:<11} {run['train_seconds']:>9.1f} {_fmt(run['eval_accuracy'], '.4f'):>7} "
+            f"{name:<{names}} {run['train_seconds']:>9.1f} {top1[name]:>{width}} "
             f"{_fmt(run['accuracy_delta'], '+.4f'):>8} {_fmt(run['speedup'], '.2f', 'x'):>9} "
             f"{_fmt(run['ideal_speedup'], '.2f', 'x'):>7} {_fmt(run['speedup_efficiency'], '.0%'):>5} "
+            f"{_fmt(run.get('optimizer_steps'), '.0f'):>7} "
             f"{_fmt(run['mean_approximated_fraction'], '.2f'):>11}/{_fmt(last, '.2f')}{kind}"
         )
+    verdict = comparison.get("verdict") or {}
+    if verdict:
+        lines.append("")
+    for name, entry in verdict.items():
+        delta = _fmt(None if entry["accuracy_delta"] is None else 100 * entry["accuracy_delta"], "+.1f")
+        outcome = "wins" if entry["wins"] else "loses"
+        ratio = _fmt(entry["seconds_ratio"], ".2f", "x")
+        lines.append(f"{name} vs budget: {delta} points at {ratio} the time -> {outcome}")
     return "\n".join(lines)
 
 
@@ -236,10 +545,15 @@ def plot_comparison(comparison: dict[str, Any], path: str) -> None:
 
     for name, run in runs.items():
         color, epochs = colors[name], run["epochs"]
-        points = [(0.0, None)] + [(e["cumulative_train_seconds"], e.get("eval_top1")) for e in epochs]
-        points = [(t, acc) for t, acc in points if acc is not None]
-        if points:
-            ax_acc.plot(*zip(*points), marker="o", markersize=3, color=color, label=name)
+        by_seed = list(run.get("seeds", {}).values()) or [run]
+        labelled = False
+        for seed_run in by_seed:
+            points = [(e["cumulative_train_seconds"], e.get("eval_top1")) for e in seed_run["epochs"]]
+            points = [(t, acc) for t, acc in points if acc is not None]
+            if points:
+                style = {"linewidth": 0.8, "alpha": 0.7, "markersize": 2} if len(by_seed) > 1 else {"markersize": 3}
+                ax_acc.plot(*zip(*points), marker="o", color=color, label=None if labelled else name, **style)
+                labelled = True
         skips = run["settings"].get("amenable_action") == "skip"
         ax_frac.plot(
             [e["epoch"] for e in epochs],
@@ -289,7 +603,160 @@ def plot_comparison(comparison: dict[str, Any], path: str) -> None:
             ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(
         f"{comparison['model_name']} on {os.path.basename(str(comparison['dataset_name']).rstrip('/'))}: "
-        f"{comparison.get('num_train_samples', '?')} samples, {comparison['num_train_epochs']:g} epochs, seed {comparison['seed']}"
+        f"{comparison.get('num_train_samples', '?')} samples, {comparison['num_train_epochs']:g} epochs, "
+        + _seeds_text(comparison.get("seeds") or [comparison["seed"]])
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(str(seed) for seed in seeds)} (mean ± std)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Epoch-length sweep
+
+
+def run_sweep(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: InterTrainArguments,
+    variants: list[str],
+    lengths: list[int],
+    train: Callable[[ModelArguments, DataArguments, InterTrainArguments], RunReport] = run_training,
+    seeds: list[int] | None = None,
+) -> dict[str, Any]:
+    """The comparison at each schedule length (`num_train_epochs` = E, into `output_dir/epochs-E/`), then
+    `sweep.json` and `sweep.png`: whether InterTrain's advantage over the budget-matched baseline holds as
+    schedules get shorter or longer. Finished runs with the same settings are reused, so running the same command
+    again completes an interrupted sweep."""
+    if training_args.max_steps > 0:
+        raise ValueError("--epochs_sweep sets num_train_epochs per length: leave --max_steps unset")
+    seeds = list(seeds or [training_args.seed])
+    per_length = {
+        length: dataclasses.replace(
+            training_args,
+            num_train_epochs=length,
+            output_dir=os.path.join(training_args.output_dir, f"epochs-{length}"),
+        )
+        for length in lengths
+    }
+    for args in per_length.values():
+        check_reusable(model_args, data_args, args, variants, seeds)
+    comparisons = {
+        length: run_comparison(model_args, data_args, args, variants, train, seeds)
+        for length, args in per_length.items()
+    }
+    sweep = summarize_sweep(comparisons, variants, seeds)
+    if training_args.process_index == 0:
+        with open(os.path.join(training_args.output_dir, SWEEP_JSON), "w") as f:
+            json.dump(sweep, f, indent=2)
+        plot_sweep(sweep, os.path.join(training_args.output_dir, SWEEP_PNG))
+        print(format_sweep(sweep))
+    return sweep
+
+
+def summarize_sweep(comparisons: dict[int, dict[str, Any]], variants: list[str], seeds: list[int]) -> dict[str, Any]:
+    """sweep.json: per schedule length, each variant's mean/std top-1, mean seconds and optimizer steps (and each
+    seed's), plus `intertrain_minus_budget` (the matched run's mean top-1 minus the budget's) when budget ran."""
+    first = next(iter(comparisons.values()))
+    matched = matched_variant(variants)
+    by_length = {}
+    for length, comparison in comparisons.items():
+        runs = {
+            name: {
+                "eval_accuracy_mean": run["eval_accuracy_mean"],
+                "eval_accuracy_std": run["eval_accuracy_std"],
+                "train_seconds_mean": run["train_seconds_mean"],
+                "train_seconds_std": run["train_seconds_std"],
+                "optimizer_steps": run["optimizer_steps"],
+                "by_seed": {
+                    seed: {key: seed_run[key] for key in ("eval_accuracy", "train_seconds", "optimizer_steps")}
+                    for seed, seed_run in run["seeds"].items()
+                },
+            }
+            for name, run in comparison["runs"].items()
+        }
+        entry: dict[str, Any] = {"runs": runs}
+        if "budget" in runs:
+            ours, budget = runs[matched]["eval_accuracy_mean"], runs["budget"]["eval_accuracy_mean"]
+            entry["intertrain_minus_budget"] = None if ours is None or budget is None else ours - budget
+            entry["verdict"] = comparison["verdict"]
+        by_length[str(length)] = entry
+    return {
+        "model_name": first["model_name"],
+        "dataset_name": first["dataset_name"],
+        "num_train_samples": first["num_train_samples"],
+        "variants": list(first["variants"]),
+        "matched": matched,
+        "seeds": seeds,
+        "lengths": list(comparisons),
+        "by_length": by_length,
+    }
+
+
+def format_sweep(sweep: dict[str, Any]) -> str:
+    """One line per schedule length and variant."""
+    header = f"{'epochs':>6} {'run':<14} {'top-1 mean±std':>16} {'train s':>9} {'steps':>8}"
+    lines = [header, "-" * len(header)]
+    for length, entry in sweep["by_length"].items():
+        for name, run in entry["runs"].items():
+            top1 = f"{_fmt(run['eval_accuracy_mean'], '.4f')}±{_fmt(run['eval_accuracy_std'], '.4f')}"
+            lines.append(
+                f"{length:>6} {name:<14} {top1:>16} {_fmt(run['train_seconds_mean'], '.1f'):>9} "
+                f"{_fmt(run['optimizer_steps'], '.0f'):>8}"
+            )
+        if entry.get("intertrain_minus_budget") is not None:
+            difference = 100 * entry["intertrain_minus_budget"]
+            lines.append(f"{length:>6} {sweep['matched']} - budget: {difference:+.1f} points")
+    return "\n".join(lines)
+
+
+def plot_sweep(sweep: dict[str, Any], path: str) -> None:
+    """sweep.png. Left: top-1 of each variant against schedule length (mean, ± std bars). Right: top-1 against
+    training seconds, every length of every variant on one plot (each seed a faint dot), so that a crossover
+    between InterTrain and the budget-matched baseline is visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [int(length) for length in sweep["by_length"]]
+    entries = list(sweep["by_length"].values())
+    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(sweep["variants"])}
+    fig, (ax_len, ax_time) = plt.subplots(1, 2, figsize=(14, 5.2))
+    for name, color in colors.items():
+        rows = [(length, entry["runs"][name]) for length, entry in zip(lengths, entries) if name in entry["runs"]]
+        rows = [(length, run) for length, run in rows if run["eval_accuracy_mean"] is not None]
+        if not rows:
+            continue
+        means = [run["eval_accuracy_mean"] for _, run in rows]
+        stds = [run["eval_accuracy_std"] or 0.0 for _, run in rows]
+        seconds = [run["train_seconds_mean"] for _, run in rows]
+        ax_len.errorbar([n for n, _ in rows], means, yerr=stds, color=color, marker="o", capsize=3, label=name)
+        ax_time.errorbar(seconds, means, yerr=stds, color=color, marker="o", capsize=3, label=name)
+        for (length, run), x, y in zip(rows, seconds, means):
+            ax_time.annotate(f"{length}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+            seed_points = [(r["train_seconds"], r["eval_accuracy"]) for r in run["by_seed"].values()]
+            seed_points = [(t, a) for t, a in seed_points if a is not None]
+            if len(seed_points) > 1:
+                ax_time.scatter(*zip(*seed_points), color=color, s=8, alpha=0.35)
+    ax_len.set(
+        xlabel="schedule length (epochs)", ylabel="eval top-1", title="Top-1 against schedule length (mean ± std)"
+    )
+    ax_time.set(
+        xlabel="training wall-clock time (s, evaluation excluded)",
+        ylabel="eval top-1",
+        title="Top-1 against training time (label: epochs)",
+    )
+    for ax in (ax_len, ax_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{sweep['model_name']} on {os.path.basename(str(sweep['dataset_name']).rstrip('/'))}: "
+        f"{sweep.get('num_train_samples', '?')} samples, " + _seeds_text(sweep["seeds"])
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)

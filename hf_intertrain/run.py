@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import timm
@@ -32,7 +32,13 @@ RUN_REPORT_NAME = "intertrain_run.json"
 
 @dataclass
 class RunReport:
-    """What one run measured: the numbers `compare` puts side by side."""
+    """What one run measured: the numbers `compare` puts side by side.
+
+    `optimizer_steps` is the run's `trainer.state.global_step`: the budget that `compare`'s budget-matched baseline
+    is fitted to (docs/method.md, "Peer methods and budget-matched baselines"). `fingerprint` holds the settings
+    that decide the result (model, data, variant, seed, schedule, batch size, learning rate); `compare` records it
+    so that a finished run is reused only by a run with the very same settings.
+    """
 
     interpolation: str
     train_seconds: float
@@ -43,9 +49,22 @@ class RunReport:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     train_runtime: float | None = None
     output_dir: str | None = None
+    optimizer_steps: int | None = None
+    seed: int | None = None
+    fingerprint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A report from `to_dict`'s output (a finished run's `intertrain_run.json`); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"run report lacks {', '.join(missing)}: not an {RUN_REPORT_NAME}; train that run again")
+        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 def build_model(model_args: ModelArguments, label_names: list[str]) -> TimmWrapperForImageClassification:
@@ -184,6 +203,8 @@ def build_report(trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: 
         epochs=epochs,
         train_runtime=train_metrics.get("train_runtime"),
         output_dir=trainer.args.output_dir,
+        optimizer_steps=trainer.state.global_step,
+        seed=trainer.args.seed,
     )
 
 

@@ -3,21 +3,27 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import math
+import statistics
 
 import pytest
 
+from hf_intertrain.cli import main
 from hf_intertrain.compare import (
+    SWEEP_JSON,
     VARIANTS,
     format_table,
+    parse_seeds,
     parse_variants,
     plot_comparison,
     run_comparison,
+    run_sweep,
     summarize,
     variant_arguments,
 )
 from hf_intertrain.config import DataArguments, InterTrainArguments, ModelArguments
 from hf_intertrain.run import RUN_REPORT_NAME, RunReport
-from test_cli import write_image_dataset
+from test_cli import assert_one_line_error, write_image_dataset
 
 N = 100
 
@@ -42,7 +48,7 @@ def epoch_row(epoch: int, items: int, pairs: int, seconds: float, top1: float, c
     }
 
 
-def report(rows: list[tuple[int, int, float]], top1: float) -> RunReport:
+def report(rows: list[tuple[int, int, float]], top1: float, steps: int | None = None) -> RunReport:
     """A RunReport from (items, pairs, seconds) per epoch."""
     epochs, elapsed = [], 0.0
     for epoch, (items, pairs, seconds) in enumerate(rows):
@@ -56,6 +62,7 @@ def report(rows: list[tuple[int, int, float]], top1: float) -> RunReport:
         num_train_samples=N,
         items_trained=sum(items for items, _, _ in rows),
         epochs=epochs,
+        optimizer_steps=steps,
     )
 
 
@@ -184,6 +191,315 @@ def test_run_comparison_trains_each_variant_with_its_settings(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
+# Budget-matched baseline, peer methods, seeds, verdict (a fake `train`)
+# ----------------------------------------------------------------------------------------------
+
+BATCH = 16
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Skip drawing comparison.png / sweep.png (the plot tests draw them) to keep these tests fast."""
+    import hf_intertrain.compare
+
+    monkeypatch.setattr(hf_intertrain.compare, "plot_comparison", lambda comparison, path: None)
+    monkeypatch.setattr(hf_intertrain.compare, "plot_sweep", lambda sweep, path: None)
+
+
+class FakeTrain:
+    """A `train` callable: deterministic RunReports computed from the arguments; keeps every call's arguments.
+
+    Interpolating runs pair 40 - 15 * (seed % 3) samples from epoch 2 on (fewer steps for smaller seeds); a run with
+    `max_steps` stops there like the plain Trainer; top-1 and seconds depend on seed, steps and interpolation.
+    """
+
+    def __init__(self):
+        self.calls: list[InterTrainArguments] = []
+
+    def __call__(self, model_args, data_args, args):
+        self.calls.append(args)
+        interpolating = args.interpolation != "none"
+        epochs = int(args.num_train_epochs)
+        if args.data_selection == "random_subset":
+            items = [int(n) for n in args.random_subset_sizes.split(",")]
+        elif interpolating:
+            items = [N if epoch < 2 else N - (40 - 15 * (args.seed % 3)) for epoch in range(epochs)]
+        else:
+            items = [N] * epochs
+        steps = sum(math.ceil(n / BATCH) for n in items)
+        if args.max_steps > 0:
+            steps = args.max_steps
+            items = [N] * math.ceil(steps / math.ceil(N / BATCH))
+        seconds = 0.5 * steps + (0.25 if interpolating else 0.0)
+        top1 = 0.6 + 0.01 * epochs + 0.003 * (args.seed % 3) ** 2 + (0.02 if interpolating else 0.0) + 0.001 * steps
+        rows = [(n, N - n if interpolating else 0, seconds / len(items)) for n in items]
+        result = report(rows, top1, steps)
+        result.interpolation, result.seed, result.output_dir = args.interpolation, args.seed, args.output_dir
+        return result
+
+    def runs(self, root) -> list[str]:
+        """The folders trained, relative to `root`, in call order."""
+        return [os.path.relpath(args.output_dir, root) for args in self.calls]
+
+    @staticmethod
+    def name(args, root) -> str:
+        return os.path.relpath(args.output_dir, root).split(os.sep)[0]
+
+
+def test_budget_matches_the_steps_of_the_first_interpolating_run_seed_by_seed(tmp_path, no_plots):
+    fake = FakeTrain()
+    variants = parse_variants("budget,randpatch,linavg")
+    assert variants == ["baseline", "randpatch", "budget", "linavg"]
+    comparison = run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, fake, seeds=[0, 1]
+    )
+    order = fake.runs(tmp_path)
+    for seed in (0, 1):
+        assert order.index(f"budget/seed-{seed}") > order.index(f"randpatch/seed-{seed}")
+    budget_args = {args.seed: args for args in fake.calls if fake.name(args, tmp_path) == "budget"}
+    matched = comparison["runs"]["randpatch"]["seeds"]
+    assert [matched[str(seed)]["optimizer_steps"] for seed in (0, 1)] == [18, 19]  # differ by seed
+    for seed in (0, 1):
+        args = budget_args[seed]
+        assert args.max_steps == matched[str(seed)]["optimizer_steps"]
+        assert (args.interpolation, args.four_way, args.data_selection) == ("none", "none", "none")
+        assert comparison["runs"]["budget"]["seeds"][str(seed)]["settings"]["max_steps"] == args.max_steps
+    assert comparison["runs"]["budget"]["settings"]["max_steps"] == 18  # the first seed's
+    assert all(args.max_steps == -1 for args in fake.calls if fake.name(args, tmp_path) != "budget")
+
+
+def test_budget_and_random_subset_move_after_the_run_they_match():
+    assert parse_variants("budget,random_subset,infobatch,intertrain,skip") == [
+        "baseline", "infobatch", "intertrain", "budget", "random_subset", "skip"
+    ]
+    assert parse_variants("intertrain,skip,budget") == ["baseline", "intertrain", "skip", "budget"]
+
+
+@pytest.mark.parametrize("spec", ["baseline,budget", "infobatch,random_subset"])
+def test_matched_variants_without_an_interpolating_run_are_refused(spec):
+    with pytest.raises(ValueError, match="match the steps of an interpolating run: add one to --variants"):
+        parse_variants(spec)
+
+
+def test_cli_refuses_budget_alone_before_training(capfd, tmp_path):
+    code = main(["compare", "--variants", "budget", "--output_dir", str(tmp_path / "out")])
+    _, err = capfd.readouterr()
+    assert_one_line_error(code, err, "budget", "interpolating run")
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_subset_trains_the_matched_runs_items_and_infobatch_its_defaults(tmp_path, no_plots):
+    fake = FakeTrain()
+    variants = parse_variants("random_subset,infobatch,intertrain")
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=4), variants, fake)
+    calls = {os.path.basename(args.output_dir): args for args in fake.calls}
+    assert list(calls) == ["baseline", "infobatch", "intertrain", "random_subset"]
+    subset = calls["random_subset"]
+    assert (subset.interpolation, subset.data_selection, subset.seed) == ("none", "random_subset", 42)
+    assert subset.random_subset_sizes == "100,100,60,60"  # intertrain's items per epoch
+    infobatch = calls["infobatch"]
+    assert (infobatch.interpolation, infobatch.data_selection) == ("none", "infobatch")
+    assert (infobatch.infobatch_prune_probability, infobatch.infobatch_full_data_fraction) == (0.5, 0.125)
+    written = json.loads((tmp_path / "comparison.json").read_text())
+    assert written["runs"]["random_subset"]["settings"]["random_subset_sizes"] == "100,100,60,60"
+    assert written["runs"]["infobatch"]["settings"]["data_selection"] == "infobatch"
+
+
+def test_several_seeds_write_seed_folders_with_sample_std(tmp_path, no_plots):
+    fake = FakeTrain()
+    seeds = [0, 1, 2]
+    comparison = run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), ["baseline", "intertrain"], fake, seeds=seeds
+    )
+    assert sorted(fake.runs(tmp_path)) == sorted(f"{name}/seed-{s}" for name in ("baseline", "intertrain") for s in seeds)
+    for name in ("baseline", "intertrain"):
+        for seed in seeds:
+            assert (tmp_path / name / f"seed-{seed}" / RUN_REPORT_NAME).is_file()
+    runs = comparison["runs"]
+    intertrain = runs["intertrain"]
+    assert list(intertrain["seeds"]) == ["0", "1", "2"]
+    top1 = [intertrain["seeds"][str(seed)]["eval_accuracy"] for seed in seeds]
+    seconds = [intertrain["seeds"][str(seed)]["train_seconds"] for seed in seeds]
+    mean = sum(top1) / 3
+    sample_std = math.sqrt(sum((x - mean) ** 2 for x in top1) / 2)
+    assert intertrain["eval_accuracy_mean"] == pytest.approx(mean) == intertrain["eval_accuracy"]
+    assert intertrain["eval_accuracy_std"] == pytest.approx(sample_std)
+    assert intertrain["eval_accuracy_std"] != pytest.approx(statistics.pstdev(top1))  # ddof=1, not 0
+    assert intertrain["train_seconds_mean"] == pytest.approx(sum(seconds) / 3)
+    assert intertrain["train_seconds_std"] == pytest.approx(statistics.stdev(seconds))
+    assert intertrain["optimizer_steps"] == pytest.approx((18 + 19 + 20) / 3)
+    baseline_seconds = runs["baseline"]["train_seconds_mean"]
+    assert intertrain["speedup"] == pytest.approx(baseline_seconds / intertrain["train_seconds_mean"])
+    assert intertrain["ideal_speedup"] == pytest.approx(runs["baseline"]["items_trained"] / intertrain["items_trained"])
+    assert intertrain["accuracy_delta"] == pytest.approx(mean - runs["baseline"]["eval_accuracy_mean"])
+    # Each seed's run is against the baseline of the same seed; the epochs shown are the first seed's.
+    seed1 = intertrain["seeds"]["1"]
+    assert seed1["speedup"] == pytest.approx(runs["baseline"]["seeds"]["1"]["train_seconds"] / seed1["train_seconds"])
+    assert intertrain["epochs"] == intertrain["seeds"]["0"]["epochs"]
+    assert comparison["seeds"] == seeds
+    assert "±" in format_table(comparison)
+
+
+def test_one_seed_keeps_the_layout_and_the_keys_with_std_zero(tmp_path, no_plots):
+    fake = FakeTrain()
+    comparison = run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), ["baseline", "intertrain"], fake, seeds=[7]
+    )
+    assert fake.runs(tmp_path) == ["baseline", "intertrain"]
+    assert all(args.seed == 7 for args in fake.calls)
+    run = comparison["runs"]["intertrain"]
+    assert run["eval_accuracy_std"] == 0.0 and run["train_seconds_std"] == 0.0
+    assert run["eval_accuracy_mean"] == run["eval_accuracy"] == run["seeds"]["7"]["eval_accuracy"]
+    assert set(run) >= {
+        "train_seconds", "eval_accuracy", "eval_top5", "items_trained", "num_train_samples", "epochs", "settings",
+        "speedup", "ideal_speedup", "speedup_efficiency", "accuracy_delta", "mean_approximated_fraction",
+        "eval_accuracy_mean", "eval_accuracy_std", "train_seconds_mean", "train_seconds_std", "optimizer_steps", "seeds",
+    }
+    assert set(comparison) >= {"baseline", "intertrain", "speedup", "ideal_speedup", "seeds", "runs", "variants"}
+    assert comparison["seeds"] == [7] and comparison["seed"] == 7
+    assert "verdict" not in comparison and "±" not in format_table(comparison)
+
+
+def test_verdict_wins_only_with_better_top1_within_five_percent_of_the_budgets_time(tmp_path):
+    reports = {
+        "baseline": report([(100, 0, 10.0), (100, 0, 10.0)], 0.80, 14),
+        "exact": report([(100, 0, 10.0), (60, 40, 11.0)], 0.81, 11),  # 21 / 20 s = 1.05x: wins
+        "slower": report([(100, 0, 10.0), (60, 40, 11.02)], 0.81, 11),  # 1.051x: loses
+        "worse": report([(100, 0, 10.0), (60, 40, 5.0)], 0.792, 11),  # faster but less accurate: loses
+        "budget": report([(100, 0, 10.0), (100, 0, 10.0)], 0.80, 11),
+    }
+    comparison = summarize(reports, ModelArguments(), DataArguments(), training_args(tmp_path))
+    verdict = comparison["verdict"]
+    assert set(verdict) == {"exact", "slower", "worse"}
+    assert verdict["exact"] == {"vs": "budget", "accuracy_delta": pytest.approx(0.01), "seconds_ratio": 1.05, "wins": True}
+    assert verdict["slower"]["wins"] is False and verdict["slower"]["seconds_ratio"] == pytest.approx(1.051)
+    assert verdict["worse"]["wins"] is False and verdict["worse"]["accuracy_delta"] == pytest.approx(-0.008)
+    lines = format_table(comparison).splitlines()
+    assert "exact vs budget: +1.0 points at 1.05x the time -> wins" in lines
+    assert "worse vs budget: -0.8 points at 0.75x the time -> loses" in lines
+    assert "steps" in lines[0] and any(line.startswith("budget ") and " 11 " in line for line in lines)
+
+
+def test_comparison_plot_draws_each_seed(tmp_path):
+    fake = FakeTrain()
+    comparison = run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3),
+        parse_variants("intertrain,budget"), fake, seeds=[0, 1],
+    )
+    assert set(comparison["runs"]) == {"baseline", "intertrain", "budget"}
+    assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_help_explains_the_new_variants_and_flags(capfd):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = " ".join(capfd.readouterr()[0].split())
+    for text in ("--seeds", "--epochs_sweep", "budget (the baseline trained for exactly as many optimizer steps",
+                 "random_subset (no interpolation", "infobatch (InfoBatch", "mean ± std", "output_dir/epochs-E"):
+        assert text in out, text
+
+
+def test_parse_seeds():
+    assert parse_seeds("0, 1,2,1") == [0, 1, 2] and parse_seeds(5) == [5]
+    with pytest.raises(ValueError, match="--seeds='0,x' must be comma-separated integers"):
+        parse_seeds("0,x")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume and the epoch-length sweep
+# ----------------------------------------------------------------------------------------------
+
+
+def sweep(tmp_path, fake, lengths=(2, 3), **overrides):
+    return run_sweep(
+        ModelArguments(), DataArguments(), training_args(tmp_path, **overrides), parse_variants("intertrain,budget"),
+        list(lengths), fake, seeds=[0, 1],
+    )
+
+
+def test_sweep_writes_a_comparison_per_length_and_sweep_json(tmp_path):
+    fake = FakeTrain()
+    result = sweep(tmp_path, fake)
+    assert len(fake.calls) == 2 * 3 * 2
+    assert {args.num_train_epochs for args in fake.calls} == {2, 3}
+    for length in (2, 3):
+        assert (tmp_path / f"epochs-{length}" / "comparison.json").is_file()
+        assert (tmp_path / f"epochs-{length}" / "comparison.png").is_file()
+        assert (tmp_path / f"epochs-{length}" / "budget" / "seed-1" / RUN_REPORT_NAME).is_file()
+    written = json.loads((tmp_path / SWEEP_JSON).read_text())
+    assert written == json.loads(json.dumps(result))
+    assert written["lengths"] == [2, 3] and written["seeds"] == [0, 1] and written["matched"] == "intertrain"
+    assert list(written["by_length"]) == ["2", "3"]
+    entry = written["by_length"]["3"]
+    assert set(entry["runs"]) == {"baseline", "intertrain", "budget"}
+    comparison = json.loads((tmp_path / "epochs-3" / "comparison.json").read_text())
+    for name, run in entry["runs"].items():
+        assert run["eval_accuracy_mean"] == pytest.approx(comparison["runs"][name]["eval_accuracy_mean"])
+        assert run["eval_accuracy_std"] == pytest.approx(comparison["runs"][name]["eval_accuracy_std"])
+        assert run["train_seconds_mean"] == pytest.approx(comparison["runs"][name]["train_seconds_mean"])
+        assert run["optimizer_steps"] == pytest.approx(comparison["runs"][name]["optimizer_steps"])
+        assert set(run["by_seed"]) == {"0", "1"}
+    assert entry["intertrain_minus_budget"] == pytest.approx(
+        entry["runs"]["intertrain"]["eval_accuracy_mean"] - entry["runs"]["budget"]["eval_accuracy_mean"]
+    )
+    assert entry["verdict"] == comparison["verdict"]
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_interrupted_sweep_trains_only_the_missing_runs(tmp_path, no_plots, capsys):
+    first = sweep(tmp_path, FakeTrain())
+    (tmp_path / "epochs-2" / "intertrain" / "seed-0" / RUN_REPORT_NAME).unlink()
+    (tmp_path / "epochs-3" / "budget" / "seed-1" / RUN_REPORT_NAME).unlink()
+    capsys.readouterr()
+    fake = FakeTrain()
+    again = sweep(tmp_path, fake, lengths=(2, 3, 4))
+    expected = ["epochs-2/intertrain/seed-0", "epochs-3/budget/seed-1"]
+    expected += [f"epochs-4/{name}/seed-{seed}" for seed in (0, 1) for name in ("baseline", "intertrain", "budget")]
+    assert fake.runs(tmp_path) == expected
+    assert "reusing the finished run" in capsys.readouterr().out
+    for length in ("2", "3"):
+        assert again["by_length"][length] == first["by_length"][length]
+
+
+def test_a_finished_run_with_other_settings_is_refused_before_anything_trains(tmp_path, no_plots):
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path, learning_rate=1e-3), ["baseline", "intertrain"], FakeTrain())
+    fake = FakeTrain()
+    with pytest.raises(ValueError, match=r"baseline holds a finished run with other settings \(learning_rate=0.001, now 0.002\): pick another --output_dir"):
+        run_comparison(
+            ModelArguments(), DataArguments(), training_args(tmp_path, learning_rate=2e-3), ["baseline", "intertrain"], fake
+        )
+    assert fake.calls == []
+
+
+def test_sweep_refuses_a_stale_run_at_a_later_length_before_training(tmp_path, no_plots):
+    run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path / "epochs-3", num_train_epochs=3, learning_rate=1e-3),
+        ["baseline", "intertrain"], FakeTrain(),
+    )
+    fake = FakeTrain()
+    with pytest.raises(ValueError, match=r"epochs-3.baseline holds a finished run with other settings \(learning_rate"):
+        run_sweep(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline", "intertrain"], [2, 3], fake)
+    assert fake.calls == []
+
+
+def test_cli_refuses_an_output_dir_with_a_run_it_did_not_write(capfd, tmp_path):
+    folder = tmp_path / "out" / "baseline"
+    folder.mkdir(parents=True)
+    (folder / RUN_REPORT_NAME).write_text(json.dumps(FAKE_REPORTS["baseline"].to_dict()))
+    code = main(["compare", "--output_dir", str(tmp_path / "out")])
+    _, err = capfd.readouterr()
+    assert_one_line_error(code, err, "holds a finished run without recorded settings", "pick another --output_dir")
+
+
+def test_run_report_round_trips_through_its_dict():
+    original = report([(100, 0, 10.0), (60, 40, 6.5)], 0.79, steps=11)
+    original.seed, original.fingerprint = 3, {"seed": 3}
+    assert RunReport.from_dict(json.loads(json.dumps(original.to_dict()))) == original
+    with pytest.raises(ValueError, match="lacks train_seconds"):
+        RunReport.from_dict({"interpolation": "none"} | {k: 0 for k in ("eval_accuracy", "eval_top5", "num_train_samples", "items_trained")})
+
+
+# ----------------------------------------------------------------------------------------------
 # End to end: skipping instead of interpolating
 # ----------------------------------------------------------------------------------------------
 
@@ -210,3 +526,31 @@ def test_skip_variant_leaves_picked_samples_out_and_logs_them(tmp_path):
     raw = json.loads((tmp_path / "out" / "skip" / RUN_REPORT_NAME).read_text())
     for row in raw["epochs"]:
         assert row["items"] + row["skipped"] == 64
+
+
+def test_budget_end_to_end_trains_the_matched_steps_with_its_schedule_fitted(tmp_path):
+    data = write_image_dataset(tmp_path / "data", {"train": 48, "test": 8}, noisy_labels=0.3)
+    args = training_args(
+        tmp_path / "out",
+        num_train_epochs=3,  # epochs 0 and 1 never interpolate: the third is shorter for randpatch
+        per_device_train_batch_size=16,
+        learning_rate=0.05,
+        optim="sgd",
+        logging_strategy="steps",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    model_args = ModelArguments(model_name="test_resnet", model_kwargs={"output_stride": 16})
+    variants = parse_variants("baseline,randpatch,budget")
+    comparison = run_comparison(model_args, DataArguments(dataset_name=str(data), image_size=32), args, variants)
+    runs = comparison["runs"]
+    steps = runs["randpatch"]["optimizer_steps"]
+    assert runs["budget"]["optimizer_steps"] == steps < runs["baseline"]["optimizer_steps"] == 3 * 3
+    state = json.loads((tmp_path / "out" / "budget" / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] == steps
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    # Linear decay fitted to `steps`: the rate of step k is lr * (1 - k / steps), zero right after the last step.
+    assert rates == pytest.approx([0.05 * (1 - k / steps) for k in range(steps)])
+    assert comparison["verdict"]["randpatch"]["vs"] == "budget"

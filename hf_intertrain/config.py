@@ -153,27 +153,6 @@ class InterTrainArguments(TrainingArguments):
             "ratio when adaptive interpolation is off or a loss is unknown."
         },
     )
-    data_selection: str = field(
-        default="none",
-        metadata={
-            "help": "Peer method that trains fewer items without interpolating: 'none' (every sample every epoch), "
-            "'random_subset' (a fresh random subset per epoch, sizes from random_subset_sizes) or 'infobatch' "
-            "(InfoBatch: randomly prune well-learned samples and rescale the loss of the rest).",
-            "choices": ["none", "random_subset", "infobatch"],
-        },
-    )
-    random_subset_sizes: str | None = field(
-        default=None,
-        metadata={"help": "data_selection random_subset: comma-separated items to train per epoch, one per epoch."},
-    )
-    infobatch_prune_probability: float = field(
-        default=0.5,
-        metadata={"help": "data_selection infobatch: probability of pruning a sample whose loss is below the mean."},
-    )
-    infobatch_full_data_fraction: float = field(
-        default=0.125,
-        metadata={"help": "data_selection infobatch: final fraction of the epochs trained on all samples (annealing)."},
-    )
 
     # Peer methods: training on part of the data each epoch, without interpolation
     data_selection: str = field(

@@ -105,7 +105,9 @@ def load_state(
     return safetensors.numpy.load_file(os.path.join(checkpoint_dir, INTERTRAIN_STATE_NAME)), meta
 
 
-def steps_done_in_epoch(checkpoint_dir: str | os.PathLike, global_step: int, epoch: int, epoch_update_steps: list[int]) -> int:
+def steps_done_in_epoch(
+    checkpoint_dir: str | os.PathLike, global_step: int, epoch: int, epoch_update_steps: list[int]
+) -> int:
     """Optimizer steps of `epoch` done at a checkpoint's `global_step`, from the epoch lengths it recorded (InterTrain's
     epochs differ in length, so the Trainer's `global_step // steps_per_epoch` does not apply).
 
@@ -121,7 +123,9 @@ def steps_done_in_epoch(checkpoint_dir: str | os.PathLike, global_step: int, epo
     return done
 
 
-def refuse_differences(checkpoint_dir: str | os.PathLike, saved: dict[str, Any], current: dict[str, Any], fix: str) -> None:
+def refuse_differences(
+    checkpoint_dir: str | os.PathLike, saved: dict[str, Any], current: dict[str, Any], fix: str
+) -> None:
     """Raise a ValueError naming the first saved setting whose value differs from this run's (a setting the
     checkpoint does not have is not compared)."""
     for key, value in saved.items():

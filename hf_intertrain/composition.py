@@ -141,7 +141,8 @@ def compose_batch(
     if interpolation == "linavg" and not num_quads:
         pair_ratio = inputs["interp_ratio"].float()
         pixel_values = torch.cat([linavg(x_a[:num_groups], x_b, pair_ratio), x_a[num_groups:]])
-        return ComposedBatch(pixel_values, [torch.cat([pair_ratio, ones[num_groups:]]), 1 - pair_ratio], None, 0, num_pairs)
+        shares = [torch.cat([pair_ratio, ones[num_groups:]]), 1 - pair_ratio]
+        return ComposedBatch(pixel_values, shares, None, 0, num_pairs)
     if interpolation != "randpatch" or feature_grid is None or (num_quads and not split):
         raise ValueError(
             f"a batch of {num_pairs} pairs and {num_quads} 4-way composites needs interpolation randpatch with a "
@@ -225,7 +226,9 @@ def constituent_losses(
         records.append((inputs[f"sample_index{suffix}"], loss, logits.argmax(-1) == labels))
     if loss_weight is not None:
         if tuple(loss_weight.shape) != (batch,):
-            raise ValueError(f"loss_weight has shape {tuple(loss_weight.shape)}: pass one weight per item, shape ({batch},)")
+            raise ValueError(
+                f"loss_weight has shape {tuple(loss_weight.shape)}: pass one weight per item, shape ({batch},)"
+            )
         item_loss = item_loss * loss_weight.to(device=device, dtype=torch.float32)
     return item_loss.mean(), records
 

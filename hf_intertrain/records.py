@@ -187,7 +187,8 @@ class PlanCounts(NamedTuple):
     @classmethod
     def of(cls, sampler: Any) -> PlanCounts:
         """The counts of an `InterTrainBatchSampler`'s current epoch."""
-        return cls(sampler.tracker.num_samples, sampler.num_items, sampler.num_pairs, sampler.num_quads, sampler.num_skipped)
+        num_samples = sampler.tracker.num_samples
+        return cls(num_samples, sampler.num_items, sampler.num_pairs, sampler.num_quads, sampler.num_skipped)
 
 
 def epoch_statistics(

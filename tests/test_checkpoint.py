@@ -92,7 +92,8 @@ def test_mid_epoch_checkpoint_refuses_another_plan_layout_but_an_epoch_end_accep
     args = _args(tmp_path)
     other = _args(tmp_path, per_device_train_batch_size=8)
     mid, _ = _save(tmp_path / "mid", args, mid_epoch=True)
-    with pytest.raises(ValueError, match="per_device_train_batch_size=16 but this run has per_device_train_batch_size=8"):
+    refused = "per_device_train_batch_size=16 but this run has per_device_train_batch_size=8"
+    with pytest.raises(ValueError, match=refused):
         load_state(mid, intertrain_settings(other, NUM_SAMPLES), plan_layout(other, 1))
     with pytest.raises(ValueError, match="num_processes=1 but this run has num_processes=2: it was saved mid-epoch"):
         load_state(mid, intertrain_settings(args, NUM_SAMPLES), plan_layout(args, 2))

@@ -137,7 +137,13 @@ def test_a_batch_of_singles_is_passed_through_and_draws_nothing():
     inputs = _inputs(3)
     assert not draws_masks(inputs, "randpatch")
     composed = compose_batch(
-        inputs, interpolation="randpatch", four_way="none", feature_grid=GRID, patch_ratio=RATIO, split=True, generator=None
+        inputs,
+        interpolation="randpatch",
+        four_way="none",
+        feature_grid=GRID,
+        patch_ratio=RATIO,
+        split=True,
+        generator=None,
     )
     assert composed.pixel_values is inputs["pixel_values"]
     assert [s.tolist() for s in composed.shares] == [[1.0, 1.0, 1.0]] and composed.owner is None
@@ -158,16 +164,17 @@ def test_item_loss_is_the_share_weighted_sum_of_float32_constituent_losses():
     logits = [torch.randn(n, 4, generator=torch.Generator().manual_seed(n)).to(torch.bfloat16) for n in (6, 4, 2, 2)]
     loss, records = constituent_losses(logits, inputs, composed.shares)
 
-    per_slot = [F.cross_entropy(l.float(), inputs[f"labels{s}"], reduction="none") for l, s in zip(logits, ("", "_b", "_c", "_d"))]
+    suffixes = ("", "_b", "_c", "_d")
+    per_slot = [F.cross_entropy(x.float(), inputs[f"labels{s}"], reduction="none") for x, s in zip(logits, suffixes)]
     expected = torch.zeros(6)
     for share, slot_loss in zip(composed.shares, per_slot):
         expected[: share.shape[0]] += share * slot_loss
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, expected.mean())
     assert [r[0].tolist() for r in records] == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9], [10, 11], [12, 13]]
-    for (index, slot_loss, correct), reference, slot_logits_, suffix in zip(records, per_slot, logits, ("", "_b", "_c", "_d")):
+    for (_, slot_loss, correct), reference, logits_of_slot, suffix in zip(records, per_slot, logits, suffixes):
         assert slot_loss.dtype == torch.float32 and torch.equal(slot_loss, reference)
-        assert torch.equal(correct, slot_logits_.argmax(-1) == inputs[f"labels{suffix}"])
+        assert torch.equal(correct, logits_of_slot.argmax(-1) == inputs[f"labels{suffix}"])
 
 
 def test_loss_weight_scales_each_item_loss_exactly_and_leaves_records_alone():

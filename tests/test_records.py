@@ -58,7 +58,9 @@ def test_records_stay_on_the_device_until_every_flush_every_steps():
 def test_slots_of_a_step_are_recorded_together_and_detached():
     recorder = _recorder(flush_every=1)
     loss = torch.tensor([0.25, 1.5], requires_grad=True)
-    recorder.add([(torch.tensor([3]), loss[:1] * 1, torch.tensor([True])), (torch.tensor([5]), loss[1:] * 1, torch.tensor([False]))])
+    recorder.add(
+        [(torch.tensor([3]), loss[:1] * 1, torch.tensor([True])), (torch.tensor([5]), loss[1:] * 1, torch.tensor([False]))]
+    )
     loss_sum, correct_count, count = recorder.tracker.epoch_buffers()
     assert count.tolist() == [0, 0, 0, 1, 0, 1, 0, 0]
     assert loss_sum[[3, 5]].tolist() == [0.25, 1.5] and correct_count[[3, 5]].tolist() == [1, 0]

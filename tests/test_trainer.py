@@ -129,7 +129,9 @@ def _epochs_logged(trainer, key):
 @pytest.mark.parametrize("logging", [{"logging_strategy": "epoch"}, {"logging_strategy": "steps", "logging_steps": 4}])
 def test_every_epoch_logs_the_trainers_loss_and_the_intertrain_statistics(tmp_path, logging):
     trainer = InterTrainTrainer(
-        model=make_model(output_stride=16), args=_args(tmp_path, num_train_epochs=3, **logging), train_dataset=make_dataset(48)
+        model=make_model(output_stride=16),
+        args=_args(tmp_path, num_train_epochs=3, **logging),
+        train_dataset=make_dataset(48),
     )
     trainer.train()
     assert _epochs_logged(trainer, "intertrain/items") == [1, 2, 3]  # once per epoch, whatever the strategy

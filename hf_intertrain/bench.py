@@ -8,7 +8,8 @@ ImageNet-21k (14,197,122 samples) scale. This benchmark runs the real `Amenabili
 
 - `epoch_seconds`: mean over the measured epochs of `tracker.end_epoch()` + the next epoch's plan.
 - `record_seconds`: mean per epoch of `tracker.record` over every constituent, in the chunks the trainer flushes
-  (256 steps of `batch_size` items); spread over the epoch's steps, so not part of `epoch_seconds`.
+  (`records.RECORD_FLUSH_EVERY` steps of `batch_size` items); spread over the epoch's steps, so not part of
+  `epoch_seconds`.
 - `peak_mb`: the process's peak resident set size (`ru_maxrss`), Python, numpy and torch included; `rss_before_mb`
   is the same peak before the tracker exists, so `peak_mb - rss_before_mb` bounds the bookkeeping's own memory
   (the simulation's own per-sample arrays, two float32 values per sample, are included).
@@ -30,11 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from .records import RECORD_FLUSH_EVERY
 from .sampler import InterTrainBatchSampler
 from .tracker import AmenabilityTracker
-
-RECORD_FLUSH_STEPS = 256
-"""Steps whose records the trainer flushes to the tracker at once (`trainer._RECORD_FLUSH_EVERY`)."""
 
 
 @dataclass
@@ -95,7 +94,7 @@ class SimulatedLosses:
 def record_epoch(tracker: AmenabilityTracker, sampler: InterTrainBatchSampler, loss: np.ndarray, correct: np.ndarray) -> float:
     """Record every constituent of the epoch's plan in the trainer's flush chunks; the seconds spent in `record`."""
     item_a, item_b = sampler.plan.item_a, sampler.plan.item_b
-    chunk = RECORD_FLUSH_STEPS * sampler.batch_size
+    chunk = RECORD_FLUSH_EVERY * sampler.batch_size
     seconds = 0.0
     for start in range(0, item_a.shape[0], chunk):
         b = item_b[start : start + chunk]

@@ -18,6 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .checkpoint import RESUME_SETTINGS
 from .constants import EMBEDDED_DATASET
 from .hub import eval_data_config
 
@@ -84,6 +85,25 @@ def epoch_rows(intertrain_history: list[dict[str, float]], log_history: list[dic
     return rows
 
 
+def card_inputs(
+    dataset: str | list[str] | None,
+    dataset_tags: str | list[str] | None,
+    finetuned_from: str | None,
+    license: str | None,
+    language: str | list[str] | None,
+) -> dict[str, Any]:
+    """The `card_facts` arguments given to `Trainer.create_model_card` (None ones left out, so that a later call
+    keeps what an earlier one gave): a dataset list stands for its first entry, `dataset_tags` for the Hub ids."""
+    given = {
+        "dataset_name": dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
+        "dataset_ids": [dataset_tags] if isinstance(dataset_tags, str) else dataset_tags,
+        "base_model": finetuned_from,
+        "license": license,
+        "language": language,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def card_facts(
     trainer,
     model_name: str,
@@ -144,16 +164,7 @@ def card_facts(
         "train_runtime": float(runtime[-1]) if runtime else None,
         "num_processes": int(args.world_size),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "intertrain_settings": {
-            "interpolation": args.interpolation,
-            "split_propagation": args.split_propagation,
-            "adaptive_interpolation": args.adaptive_interpolation,
-            "selective_interpolation": args.selective_interpolation,
-            "amenability_regions": str(args.amenability_regions),
-            "patch_ratio": args.patch_ratio,
-            "amenable_action": getattr(args, "amenable_action", "interpolate"),
-            "four_way": getattr(args, "four_way", "none"),
-        },
+        "intertrain_settings": {name: getattr(args, name) for name in RESUME_SETTINGS},  # as passed, e.g. "1,3"
         "hyperparameters": {
             "learning_rate": args.learning_rate,
             "optim": str(getattr(args.optim, "value", args.optim)),

@@ -10,6 +10,7 @@ last step of the last epoch, and an epoch-based decay happens at the same epoch 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,15 @@ class EpochProgress:
         """Position on the nominal schedule after `global_step` optimizer steps."""
         done = min(max(global_step - self.steps_before_epoch, 0), self.steps_in_epoch)
         return (self.epoch + done / self.steps_in_epoch) * self.nominal_steps_per_epoch
+
+
+def nominal_update_steps_per_epoch(
+    num_samples: int, batch_size: int, *, drop_last: bool, num_processes: int, accumulation_steps: int
+) -> int:
+    """Optimizer steps per process of an epoch without interpolation (N singles), as the Trainer counts them."""
+    batches = num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+    per_process = math.ceil(batches / max(1, num_processes))
+    return max(1, math.ceil(per_process / accumulation_steps))
 
 
 def follow_epoch_progress(

@@ -84,7 +84,7 @@ def unwrap_timm_model(model: nn.Module) -> nn.Module:
             break
     raise ValueError(
         f"{type(model).__name__} is not a timm model (no forward_features/forward_head): "
-        "use a timm model, a TimmWrapperForImageClassification, or split_propagation false."
+        "use a timm model (timm.create_model) or a transformers TimmWrapperForImageClassification."
     )
 
 

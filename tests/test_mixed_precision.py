@@ -8,6 +8,7 @@ import torch
 
 from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
+from hf_intertrain.composition import compose_batch, constituent_losses, slot_logits
 from hf_intertrain.split import unwrap_timm_model
 
 COMMON = TINY_TRAINING
@@ -25,13 +26,19 @@ def _batch(trainer):
 
 
 def _records(trainer, inputs, dtype=None):
-    """(item loss, recorded losses) of one training batch, optionally under CPU autocast; same RandPatch masks."""
-    trainer.model.train()
-    trainer._micro_step = (-1, 0)
+    """(batch loss, recorded indices and losses) of one training batch as the trainer computes them, optionally
+    under CPU autocast; the same RandPatch masks every call."""
+    args, model = trainer.args, trainer.model
+    model.train()
+    composed = compose_batch(
+        inputs, interpolation=args.interpolation, four_way=args.four_way, feature_grid=trainer.feature_grid,
+        patch_ratio=args.patch_ratio, split=trainer.feature_layout is not None,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = trainer.compute_loss(trainer.model, inputs)
-    index, recorded, correct = trainer._records.pop()
-    return loss, index, recorded
+        logits = slot_logits(composed, model, lambda x: model(pixel_values=x).logits)
+        loss, records = constituent_losses(logits, inputs, composed.shares)
+    return loss, torch.cat([r[0] for r in records]), torch.cat([r[1] for r in records]).detach()
 
 
 def test_bf16_autocast_on_cpu_trains_with_bf16_logits_and_float32_records(tmp_path):
@@ -41,13 +48,13 @@ def test_bf16_autocast_on_cpu_trains_with_bf16_logits_and_float32_records(tmp_pa
     unwrap_timm_model(trainer.model).get_classifier().register_forward_hook(
         lambda module, args, output: classifier_dtypes.add(output.dtype)
     )
-    record = trainer._record
+    add = trainer.recorder.add
 
     def spy(records):
         record_dtypes.update(r[1].dtype for r in records)
-        record(records)
+        add(records)
 
-    trainer._record = spy
+    trainer.recorder.add = spy
     initial = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
 
@@ -107,13 +114,16 @@ def test_fp16_gradscaler_steps_on_an_interpolated_batch(tmp_path, tiny_train_dat
 
     assert scaler.get_scale() == 2.0**10  # no overflow, so the scale is kept and the step was taken
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    trainer._flush_records()
-    assert trainer._nonfinite_losses == 0 and trainer.tracker.epoch_buffers()[2].sum() == 6
+    trainer.recorder.flush()
+    assert trainer.recorder.nonfinite_losses == 0 and trainer.tracker.epoch_buffers()[2].sum() == 6
 
 
 def test_overflowing_fp16_step_is_skipped_and_its_losses_are_not_recorded(tmp_path, tiny_train_dataset):
     trainer = _trainer(tmp_path, tiny_train_dataset)
     inputs = _batch(trainer)
+    steps = []
+    add = trainer.recorder.add
+    trainer.recorder.add = lambda records: (steps.append(torch.cat([r[1] for r in records])), add(records))
     with torch.no_grad():
         unwrap_timm_model(trainer.model).get_classifier().weight.mul_(1e6)  # fp16 logits overflow to inf
     loss, scaler, before = _fp16_scaled_step(trainer, inputs)
@@ -121,12 +131,12 @@ def test_overflowing_fp16_step_is_skipped_and_its_losses_are_not_recorded(tmp_pa
     assert not torch.isfinite(loss)
     assert scaler.get_scale() < 2.0**10  # the GradScaler skipped the step
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    recorded = trainer._records[-1][1]
-    trainer._flush_records()  # the tracker would raise on a non-finite loss
+    nonfinite = int((~torch.isfinite(steps[-1])).sum())
+    trainer.recorder.flush()  # the tracker would raise on a non-finite loss
     loss_sum, _, count = trainer.tracker.epoch_buffers()
-    assert trainer._nonfinite_losses == int((~torch.isfinite(recorded)).sum()) > 0
-    assert count.sum() == 6 - trainer._nonfinite_losses and np.isfinite(loss_sum).all()
+    assert trainer.recorder.nonfinite_losses == nonfinite > 0
+    assert count.sum() == 6 - nonfinite and np.isfinite(loss_sum).all()
 
-    trainer._end_intertrain_epoch()
-    assert trainer.intertrain_history[-1]["intertrain/nonfinite_losses"] == float((~torch.isfinite(recorded)).sum())
-    assert trainer._nonfinite_losses == 0
+    trainer.callback_handler.on_epoch_end(trainer.args, trainer.state, trainer.control)  # closes the epoch
+    assert trainer.intertrain_history[-1]["intertrain/nonfinite_losses"] == float(nonfinite)
+    assert trainer.recorder.nonfinite_losses == 0

@@ -16,6 +16,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from conftest import REPO, TINY_TRAINING, make_dataset, make_model, make_split
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
+from hf_intertrain.checkpoint import RESUME_SETTINGS
 from hf_intertrain.compare import run_comparison
 from hf_intertrain.config import DataArguments, ModelArguments
 from hf_intertrain.data import EMBEDDED_DATASET
@@ -110,6 +111,8 @@ def test_card_body_reports_training_settings_and_how_to_load(carded):
     assert f"{items} instead of {3 * 96}" in text
     for setting in ("| `interpolation` | randpatch |", "| `split_propagation` | True |", "| `amenability_regions` | 1,3 |"):
         assert setting in text
+    facts = json.loads((output_dir / "intertrain_card.json").read_text())
+    assert list(facts["intertrain_settings"]) == list(RESUME_SETTINGS)  # the settings a resume must match
     assert 'timm.create_model("hf-hub:your-username/colors-resnet", pretrained=True)' in text
     assert 'pipeline("image-classification", model="your-username/colors-resnet")' in text
     assert 'AutoModelForImageClassification.from_pretrained("your-username/colors-resnet")' in text

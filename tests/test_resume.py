@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.data import BatchSeededDataset
-from hf_intertrain.trainer import INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME
+from hf_intertrain.checkpoint import INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME
 
 NUM_SAMPLES = 88  # 5 full batches of 16 and one of 8
 COMMON = dict(TINY_TRAINING, num_train_epochs=5, logging_strategy="epoch", save_strategy="epoch")
@@ -103,7 +103,7 @@ def references(tmp_path_factory, data):
         output_dir = tmp_path_factory.mktemp(f"reference_{name}")
         trainer = _trainer(output_dir, data, callbacks=callbacks, **overrides)
         trainer.train()
-        runs[name] = (output_dir, overrides, trainer._epoch_update_steps, _outcome(trainer))
+        runs[name] = (output_dir, overrides, trainer.epoch_update_steps, _outcome(trainer))
     return runs
 
 
@@ -149,7 +149,7 @@ def test_run_killed_mid_epoch_loses_no_history_and_resumes_the_same_plan(tmp_pat
     assert [row["epoch"] for row in resumed.intertrain_history] == [0, 1]
     assert resumed.intertrain_history == killed.intertrain_history
     # The 2 steps of epoch 2 done before the kill are in the checkpoint: 32 items, pairs giving two records.
-    killed._flush_records()
+    killed.recorder.flush()
     np.testing.assert_array_equal(resumed.tracker.epoch_buffers()[2], killed.tracker.epoch_buffers()[2])
     assert resumed.tracker.epoch_buffers()[2].sum() > 32
 
@@ -201,7 +201,7 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size_but_an_epoch_end_accept
     assert [row["epoch"] for row in trainer.intertrain_history] == [0, 1, 2, 3, 4]
     for row in trainer.intertrain_history:
         assert row["intertrain/items"] + row["intertrain/pairs"] == NUM_SAMPLES
-    assert trainer._epoch_update_steps[:2] == [6, 6] and trainer._epoch_update_steps[2] > 6
+    assert trainer.epoch_update_steps[:2] == [6, 6] and trainer.epoch_update_steps[2] > 6
 
 
 def test_checkpoint_without_intertrain_state_is_refused(tmp_path, data, references):
@@ -264,7 +264,7 @@ def test_resume_mid_epoch_with_four_way_composites_ends_where_the_uninterrupted_
     reference = _with_four_way_members(_trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([2])], **settings))
     reference.train()
     assert reference.intertrain_history[0]["intertrain/composites_4"] == 8
-    assert reference._epoch_update_steps[0] == 4  # 88 - 4 - 24 = 60 items in batches of 16
+    assert reference.epoch_update_steps[0] == 4  # 88 - 4 - 24 = 60 items in batches of 16
     checkpoint = tmp_path / "reference" / "checkpoint-2"
     assert safetensors.numpy.load_file(str(checkpoint / INTERTRAIN_STATE_NAME))["in_quads"][:32].all()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from hf_intertrain.schedule import EpochProgress, follow_epoch_progress
+from hf_intertrain.schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
 
 
 def _optimizer(lr=1.0):
@@ -53,3 +53,11 @@ def test_non_lambda_schedulers_are_left_unchanged():
 def test_nominal_steps_per_epoch_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         EpochProgress(nominal_steps_per_epoch=0)
+
+
+def test_nominal_epoch_counts_the_optimizer_steps_of_n_singles_per_process():
+    assert nominal_update_steps_per_epoch(96, 16, drop_last=False, num_processes=1, accumulation_steps=1) == 6
+    assert nominal_update_steps_per_epoch(100, 16, drop_last=False, num_processes=1, accumulation_steps=1) == 7
+    assert nominal_update_steps_per_epoch(100, 16, drop_last=True, num_processes=1, accumulation_steps=1) == 6
+    assert nominal_update_steps_per_epoch(100, 16, drop_last=False, num_processes=2, accumulation_steps=2) == 2
+    assert nominal_update_steps_per_epoch(4, 16, drop_last=True, num_processes=1, accumulation_steps=1) == 1

@@ -114,6 +114,34 @@ def test_linavg_needs_no_feature_grid(tmp_path, tiny_train_dataset):
     assert trainer.feature_grid is None
 
 
+def test_a_model_that_is_not_a_timm_model_is_refused_with_the_fix(tmp_path, tiny_train_dataset):
+    with pytest.raises(ValueError, match="Linear is not a timm model .*TimmWrapperForImageClassification"):
+        InterTrainTrainer(
+            model=torch.nn.Linear(3, 4), args=_args(tmp_path, interpolation="none"), train_dataset=tiny_train_dataset
+        )
+
+
+def _epochs_logged(trainer, key):
+    """The epochs (1, 2, ...) at whose end an entry with `key` was logged, in order."""
+    return [round(e["epoch"]) for e in trainer.state.log_history if key in e and "train_runtime" not in e]
+
+
+@pytest.mark.parametrize("logging", [{"logging_strategy": "epoch"}, {"logging_strategy": "steps", "logging_steps": 4}])
+def test_every_epoch_logs_the_trainers_loss_and_the_intertrain_statistics(tmp_path, logging):
+    trainer = InterTrainTrainer(
+        model=make_model(output_stride=16),
+        args=_args(tmp_path, num_train_epochs=3, **logging),
+        train_dataset=make_dataset(48),
+    )
+    trainer.train()
+    assert _epochs_logged(trainer, "intertrain/items") == [1, 2, 3]  # once per epoch, whatever the strategy
+    if logging["logging_strategy"] == "epoch":
+        for key in ("loss", "grad_norm", "learning_rate"):
+            assert _epochs_logged(trainer, key) == [1, 2, 3], key
+    else:
+        assert len(_epochs_logged(trainer, "loss")) == trainer.state.global_step // 4
+
+
 def test_fractional_epochs_are_refused(tmp_path, tiny_train_dataset):
     with pytest.raises(ValueError, match="whole number"):
         InterTrainTrainer(model=make_model(), args=_args(tmp_path, num_train_epochs=2.5, interpolation="linavg"), train_dataset=tiny_train_dataset)

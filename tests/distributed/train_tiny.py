@@ -56,26 +56,18 @@ class RecordingTrainer(InterTrainTrainer):
         super().__init__(*args, **kwargs)
         self.local_counts: list[list[int]] = []
         self.global_counts: list[list[int]] = []
+        close_epoch, end_epoch = self.recorder.close_epoch, self.tracker.end_epoch
 
-    def _end_intertrain_epoch(self):
-        end_epoch = self.tracker.end_epoch
+        def recording_close_epoch(accelerator):
+            self.recorder.flush()
+            self.local_counts.append(self.tracker.epoch_buffers()[2].tolist())
+            return close_epoch(accelerator)
 
         def recording_end_epoch():
             self.global_counts.append(self.tracker.epoch_buffers()[2].tolist())
             return end_epoch()
 
-        self.tracker.end_epoch = recording_end_epoch
-        self._at_epoch_end = True
-        try:
-            super()._end_intertrain_epoch()
-        finally:
-            del self.tracker.end_epoch
-            self._at_epoch_end = False
-
-    def _reduce_epoch_records(self):
-        if getattr(self, "_at_epoch_end", False):
-            self.local_counts.append(self.tracker.epoch_buffers()[2].tolist())
-        return super()._reduce_epoch_records()
+        self.recorder.close_epoch, self.tracker.end_epoch = recording_close_epoch, recording_end_epoch
 
 
 def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=(), **overrides):
@@ -112,7 +104,7 @@ def dump(trainer, output_dir, run):
         "num_processes": trainer.accelerator.num_processes,
         "history": trainer.intertrain_history,
         "logged": logged,
-        "epoch_update_steps": trainer._epoch_update_steps,
+        "epoch_update_steps": trainer.epoch_update_steps,
         "global_step": trainer.state.global_step,
         "local_counts": trainer.local_counts,
         "global_counts": trainer.global_counts,
@@ -151,7 +143,7 @@ def main():
         return
 
     # Die one step into epoch 2 (the first interpolating epoch), then resume in fresh trainers from that checkpoint.
-    step = sum(full._epoch_update_steps[:2]) + 1
+    step = sum(full.epoch_update_steps[:2]) + 1
     interrupted_dir = os.path.join(cli.output_dir, "interrupted")
     interrupted = build_trainer(cli, interrupted_dir, train, evaluation, callbacks=[DieAfterSave(step)])
     try:

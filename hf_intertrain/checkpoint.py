@@ -1,0 +1,136 @@
+"""InterTrain's part of a checkpoint: the tracker state (safetensors) and the plan's inputs and history (JSON).
+
+A run resumed from a checkpoint must continue the same InterTrain run: the same dataset size and InterTrain
+settings (`RESUME_SETTINGS`), and from a mid-epoch checkpoint also the same batches for the rest of the epoch
+(`plan_layout`). `load_state` refuses anything else with a message naming the first difference (docs/method.md,
+"Distributed training and resume"). No pickle: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+INTERTRAIN_STATE_NAME = "intertrain_state.safetensors"
+INTERTRAIN_META_NAME = "intertrain_state.json"
+
+RESUME_SETTINGS: tuple[str, ...] = (
+    "interpolation",
+    "split_propagation",
+    "adaptive_interpolation",
+    "selective_interpolation",
+    "amenability_regions",
+    "amenable_action",
+    "patch_ratio",
+    "four_way",
+    "four_way_selection",
+)
+"""The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
+settings (the model card shows these too). A checkpoint made before a field was appended still loads."""
+
+
+def _stored_value(args: Any, name: str) -> Any:
+    if name == "amenability_regions":
+        return list(args.regions)  # the parsed regions, as checkpoints have always stored them
+    return getattr(args, name)
+
+
+def intertrain_settings(args: Any, num_samples: int) -> dict[str, Any]:
+    """The dataset size and the `RESUME_SETTINGS` of `args` (`InterTrainArguments`), as a checkpoint stores them."""
+    return {"num_samples": int(num_samples), **{name: _stored_value(args, name) for name in RESUME_SETTINGS}}
+
+
+def plan_layout(args: Any, num_processes: int) -> dict[str, Any]:
+    """What an epoch's batches depend on besides the tracker: must match to resume mid-epoch."""
+    return {
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "dataloader_drop_last": args.dataloader_drop_last,
+        "num_processes": int(num_processes),
+    }
+
+
+def save_state(output_dir: str | os.PathLike, tracker_state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write the tracker state and `meta` (JSON-able; `load_state` reads its `settings`, `plan_layout` and
+    `mid_epoch`) into the checkpoint folder `output_dir`."""
+    os.makedirs(output_dir, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in tracker_state.items()}
+    safetensors.numpy.save_file(arrays, os.path.join(output_dir, INTERTRAIN_STATE_NAME))
+    with open(os.path.join(output_dir, INTERTRAIN_META_NAME), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_state(
+    checkpoint_dir: str | os.PathLike, settings: dict[str, Any], layout: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a checkpoint's tracker state and meta, refusing one this run cannot continue.
+
+    Args:
+        checkpoint_dir: The checkpoint folder.
+        settings: This run's `intertrain_settings`.
+        layout: This run's `plan_layout`.
+
+    Raises:
+        ValueError: When the checkpoint has no InterTrain state, was made with another dataset size or other
+            InterTrain settings, or was saved mid-epoch with another plan layout.
+    """
+    meta_path = os.path.join(checkpoint_dir, INTERTRAIN_META_NAME)
+    if not os.path.isfile(meta_path):
+        raise ValueError(
+            f"{checkpoint_dir} has no {INTERTRAIN_META_NAME}: it was not written by InterTrainTrainer, so its "
+            "interpolation state is unknown; start a new run instead of resuming"
+        )
+    with open(meta_path) as f:
+        meta = json.load(f)
+    refuse_differences(
+        checkpoint_dir,
+        meta["settings"],
+        settings,
+        "resume with the same dataset and InterTrain settings, or start a new output_dir",
+    )
+    if meta["mid_epoch"]:
+        refuse_differences(
+            checkpoint_dir,
+            meta["plan_layout"],
+            layout,
+            "it was saved mid-epoch, so the rest of the epoch needs the same batches: resume with the same "
+            "settings, or from a checkpoint saved at an epoch's end",
+        )
+    return safetensors.numpy.load_file(os.path.join(checkpoint_dir, INTERTRAIN_STATE_NAME)), meta
+
+
+def steps_done_in_epoch(
+    checkpoint_dir: str | os.PathLike, global_step: int, epoch: int, epoch_update_steps: list[int]
+) -> int:
+    """Optimizer steps of `epoch` done at a checkpoint's `global_step`, from the epoch lengths it recorded (InterTrain's
+    epochs differ in length, so the Trainer's `global_step // steps_per_epoch` does not apply).
+
+    Raises:
+        ValueError: When the step is not inside that epoch (an inconsistent checkpoint).
+    """
+    done = global_step - sum(epoch_update_steps[:epoch])
+    if not 0 <= done <= (epoch_update_steps[epoch] if epoch < len(epoch_update_steps) else 0):
+        raise ValueError(
+            f"{checkpoint_dir}: global step {global_step} is not in epoch {epoch} of the recorded epoch lengths "
+            f"{epoch_update_steps}; the checkpoint is inconsistent, resume from another one"
+        )
+    return done
+
+
+def refuse_differences(
+    checkpoint_dir: str | os.PathLike, saved: dict[str, Any], current: dict[str, Any], fix: str
+) -> None:
+    """Raise a ValueError naming the first saved setting whose value differs from this run's (a setting the
+    checkpoint does not have is not compared)."""
+    for key, value in saved.items():
+        if current.get(key) != value:
+            raise ValueError(
+                f"checkpoint {checkpoint_dir} was made with {key}={value!r} but this run has "
+                f"{key}={current.get(key)!r}: {fix}"
+            )

@@ -1,0 +1,125 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_TRAINING
+from hf_intertrain import InterTrainArguments
+from hf_intertrain.checkpoint import (
+    INTERTRAIN_META_NAME,
+    INTERTRAIN_STATE_NAME,
+    RESUME_SETTINGS,
+    intertrain_settings,
+    load_state,
+    plan_layout,
+    save_state,
+    steps_done_in_epoch,
+)
+from hf_intertrain.tracker import AmenabilityTracker
+
+NUM_SAMPLES = 10
+# A value other than the default for every resume setting: a setting appended to RESUME_SETTINGS needs one here.
+OTHER_VALUES = {
+    "interpolation": "linavg",
+    "split_propagation": False,
+    "adaptive_interpolation": False,
+    "selective_interpolation": False,
+    "amenability_regions": "1",
+    "amenable_action": "skip",
+    "patch_ratio": 0.25,
+    "four_way": "randpatch4",
+    "four_way_selection": "region1",
+}
+
+
+def _args(tmp_path, **overrides):
+    return InterTrainArguments(output_dir=str(tmp_path), **{**TINY_TRAINING, **overrides})
+
+
+def _save(tmp_path, args, mid_epoch=False, **meta):
+    tracker = AmenabilityTracker(NUM_SAMPLES)
+    tracker.record(np.arange(4), np.linspace(0.1, 0.4, 4, dtype=np.float32), np.ones(4, dtype=bool))
+    meta = {
+        "settings": intertrain_settings(args, NUM_SAMPLES),
+        "plan_layout": plan_layout(args, num_processes=1),
+        "mid_epoch": mid_epoch,
+        **meta,
+    }
+    checkpoint = tmp_path / "checkpoint-3"
+    save_state(checkpoint, tracker.state_dict(), meta)
+    return checkpoint, tracker.state_dict()
+
+
+def test_state_and_meta_round_trip_through_safetensors_and_json(tmp_path):
+    args = _args(tmp_path)
+    checkpoint, saved = _save(tmp_path, args, history=[{"epoch": 0, "intertrain/items": 10.0}])
+    assert sorted(p.name for p in checkpoint.iterdir()) == [INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME]
+    state, meta = load_state(checkpoint, intertrain_settings(args, NUM_SAMPLES), plan_layout(args, 1))
+    assert state.keys() == saved.keys()
+    for key, value in saved.items():
+        np.testing.assert_array_equal(state[key], value, err_msg=key)
+    assert meta["history"] == [{"epoch": 0, "intertrain/items": 10.0}]
+
+
+def test_settings_hold_the_dataset_size_and_every_resume_setting_as_checkpoints_store_them(tmp_path):
+    settings = intertrain_settings(_args(tmp_path), NUM_SAMPLES)
+    assert list(settings) == ["num_samples", *RESUME_SETTINGS]
+    assert settings["num_samples"] == NUM_SAMPLES
+    assert settings["amenability_regions"] == [1, 3]  # the parsed regions, as every earlier checkpoint stored them
+    assert set(OTHER_VALUES) == set(RESUME_SETTINGS)
+
+
+@pytest.mark.parametrize("name", RESUME_SETTINGS)
+def test_a_checkpoint_of_another_setting_is_refused(tmp_path, name):
+    checkpoint, _ = _save(tmp_path, _args(tmp_path))
+    other = _args(tmp_path, **{name: OTHER_VALUES[name]})
+    with pytest.raises(ValueError, match=f"was made with {name}=.* but this run has {name}=.*: resume with the same"):
+        load_state(checkpoint, intertrain_settings(other, NUM_SAMPLES), plan_layout(other, 1))
+
+
+def test_a_checkpoint_of_another_dataset_size_is_refused(tmp_path):
+    args = _args(tmp_path)
+    checkpoint, _ = _save(tmp_path, args)
+    with pytest.raises(ValueError, match="num_samples=10 but this run has num_samples=12"):
+        load_state(checkpoint, intertrain_settings(args, 12), plan_layout(args, 1))
+
+
+def test_mid_epoch_checkpoint_refuses_another_plan_layout_but_an_epoch_end_accepts_it(tmp_path):
+    args = _args(tmp_path)
+    other = _args(tmp_path, per_device_train_batch_size=8)
+    mid, _ = _save(tmp_path / "mid", args, mid_epoch=True)
+    refused = "per_device_train_batch_size=16 but this run has per_device_train_batch_size=8"
+    with pytest.raises(ValueError, match=refused):
+        load_state(mid, intertrain_settings(other, NUM_SAMPLES), plan_layout(other, 1))
+    with pytest.raises(ValueError, match="num_processes=1 but this run has num_processes=2: it was saved mid-epoch"):
+        load_state(mid, intertrain_settings(args, NUM_SAMPLES), plan_layout(args, 2))
+    end, _ = _save(tmp_path / "end", args, mid_epoch=False)
+    load_state(end, intertrain_settings(other, NUM_SAMPLES), plan_layout(other, 2))
+
+
+def test_a_checkpoint_made_before_a_setting_existed_still_loads(tmp_path):
+    args = _args(tmp_path)
+    checkpoint, _ = _save(tmp_path, args)
+    meta = json.loads((checkpoint / INTERTRAIN_META_NAME).read_text())
+    del meta["settings"]["four_way_selection"]
+    (checkpoint / INTERTRAIN_META_NAME).write_text(json.dumps(meta))
+    load_state(checkpoint, intertrain_settings(args, NUM_SAMPLES), plan_layout(args, 1))
+
+
+def test_a_folder_without_intertrain_state_is_refused(tmp_path):
+    args = _args(tmp_path)
+    with pytest.raises(ValueError, match="not written by InterTrainTrainer"):
+        load_state(tmp_path, intertrain_settings(args, NUM_SAMPLES), plan_layout(args, 1))
+
+
+def test_a_resumed_global_step_is_located_in_the_recorded_variable_length_epochs():
+    lengths = [6, 6, 4]
+    assert steps_done_in_epoch("ckpt", 12, 2, lengths) == 0
+    assert steps_done_in_epoch("ckpt", 15, 2, lengths) == 3
+    assert steps_done_in_epoch("ckpt", 12, 1, lengths) == 6  # saved after epoch 1's last step, before it closed
+    with pytest.raises(ValueError, match="global step 17 is not in epoch 2 of the recorded epoch lengths"):
+        steps_done_in_epoch("ckpt", 17, 2, lengths)

@@ -28,6 +28,15 @@ RESUME_SETTINGS: tuple[str, ...] = (
     "patch_ratio",
     "four_way",
     "four_way_selection",
+    "threshold_average",
+    "region1_rule",
+    "region3_rule",
+    "region3_increases",
+    "region3_epochs",
+    "data_selection",
+    "random_subset_sizes",
+    "infobatch_prune_probability",
+    "infobatch_full_data_fraction",
 )
 """The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
 settings (the model card shows these too). A checkpoint made before a field was appended still loads."""

@@ -65,6 +65,7 @@ import os
 import statistics
 from typing import Any, Callable
 
+from .checkpoint import RESUME_SETTINGS
 from .config import DataArguments, InterTrainArguments, ModelArguments
 from .run import RUN_REPORT_NAME, RunReport, run_training
 
@@ -96,28 +97,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "budget": _PLAIN,  # + max_steps of the matched run
     "random_subset": {**_PLAIN, "data_selection": "random_subset"},  # + random_subset_sizes of the matched run
     "infobatch": {**_PLAIN, "data_selection": "infobatch"},
+    # Thresholds (docs/method.md, "Thresholds" and "Ablations"; paper Table 3, Fig. 8b, Table 4)
+    "threshold_epoch_mean": {"threshold_average": "epoch_mean", **_PAIRS},
+    "threshold_ema": {"threshold_average": "ema", **_PAIRS},
+    "threshold_last_epoch": {"threshold_average": "last_epoch", **_PAIRS},
+    "threshold_accuracy": {"region1_rule": "accuracy", **_PAIRS},
+    "threshold_avg_loss": {"region1_rule": "avg_loss", "amenability_regions": "1", **_PAIRS},
+    "region3_lincorr": {"region3_rule": "l_incorr", **_PAIRS},
+    "region3_only": {"amenability_regions": "3", **_PAIRS},
+    "region3_k2": {"region3_increases": 2, "region3_epochs": 2, **_PAIRS},
+    "skip_region3": {"amenable_action": "skip_region3", **_PAIRS},
 }
 MATCHED_VARIANTS = ("budget", "random_subset")
 """Variants sized from the matched run (the invocation's first interpolating variant), seed by seed."""
-SETTINGS = (
-    "interpolation",
-    "split_propagation",
-    "adaptive_interpolation",
-    "selective_interpolation",
-    "amenability_regions",
-    "amenable_action",
-    "four_way",
-    "four_way_selection",
-    "data_selection",
-    "random_subset_sizes",
-    "infobatch_prune_probability",
-    "infobatch_full_data_fraction",
-    "max_steps",
-)
+SETTINGS = (*RESUME_SETTINGS, "max_steps")
 """The InterTrainArguments fields a variant may change, recorded per run in comparison.json."""
 FINGERPRINT_ARGUMENTS = (
     *SETTINGS,
-    "patch_ratio",
     "seed",
     "num_train_epochs",
     "per_device_train_batch_size",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,7 @@ BASE_TAGS = ("image-classification", "timm", "intertrain")
 EMBEDDED_DATASET_HUB_ID = "uoft-cs/cifar10"
 _LABELS_SHOWN = 20
 _ROW_KEYS = ("interpolated_fraction", "items", "pairs", "region_1", "region_2", "region_3", "epoch_seconds")
+_FIG5_KEYS = ("correct_below_l_mid", "incorrect_below_l_mid")
 _INTERPOLATION_TEXT = {
     "randpatch": "RandPatch: a rectangle of one image pasted into the other, each constituent classified from its own "
     "cells of the final feature map when split propagation is on",
@@ -79,6 +81,9 @@ def epoch_rows(intertrain_history: list[dict[str, float]], log_history: list[dic
         for key in _ROW_KEYS:
             value = stats[f"intertrain/{key}"]
             row[key] = float(value) if key in ("interpolated_fraction", "epoch_seconds") else int(value)
+        for key in _FIG5_KEYS:  # absent from histories written before the diagnostics existed
+            value = stats.get(f"intertrain/{key}")
+            row[key] = None if value is None or math.isnan(float(value)) else float(value)
         evaluation = evals.get(row["epoch"] + 1)
         row["eval_top1"] = float(evaluation["eval_top1"]) if evaluation else None
         rows.append(row)

@@ -190,6 +190,15 @@ class PlanCounts(NamedTuple):
         num_samples = sampler.tracker.num_samples
         return cls(num_samples, sampler.num_items, sampler.num_pairs, sampler.num_quads, sampler.num_skipped)
 
+    def trained(self, update_steps_done: int, items_per_update_step: int) -> PlanCounts:
+        """The counts of what was actually trained when the run stopped mid-epoch (`max_steps`, as the
+        budget-matched baseline does): items beyond the last optimizer step count as skipped, so that
+        `items` (and the ideal speed-up built from it) is what the run really trained."""
+        trained = min(self.items, max(0, update_steps_done) * items_per_update_step)
+        if trained == self.items:
+            return self
+        return self._replace(items=trained, skipped=self.skipped + self.items - trained)
+
 
 def epoch_statistics(
     summary: EpochSummary, plan: PlanCounts, nonfinite_losses: int, seconds: float, four_way: bool = False
@@ -198,8 +207,12 @@ def epoch_statistics(
 
     `interpolated_fraction` (samples in a pair or a 4-way composite, over N), `items`, `pairs`, `skipped` (items +
     pairs + skipped == N without composites; skipped is 0 unless `amenable_action="skip"`), `region_1..3`,
-    `next_interpolated` (members of S_int next epoch), `nonfinite_losses` and `epoch_seconds` (training time of the
-    epoch on this process, evaluation excluded). With `four_way` also `composites_4` (items + pairs +
+    `next_interpolated` (members of S_int next epoch), `nonfinite_losses`, `epoch_seconds` (training time of the
+    epoch on this process, evaluation excluded), and the threshold diagnostics of docs/method.md, "Thresholds":
+    `l_corr`, `l_incorr`, `l_mid` (the thresholds that judged the epoch, NaN while undefined), the paper's Fig. 5
+    efficacy over the epoch's non-interpolated records (`correct_below_l_mid`, `incorrect_below_l_mid`: fractions of
+    the correct / incorrect ones below L_mid), the samples admitted to S_int through Region 1 and Region 3
+    (`admitted_region_1`, `admitted_region_3`, Fig. 6) and the members leaving it (`left_s_int`, Fig. 8a). With `four_way` also `composites_4` (items + pairs +
     3 * composites_4 + skipped == N), `constituents_per_item` and `next_in_quads`. All but the seconds are the same
     on every process of a distributed run.
     """
@@ -215,6 +228,14 @@ def epoch_statistics(
         "intertrain/next_interpolated": float(summary.next_interpolated),
         "intertrain/nonfinite_losses": float(nonfinite_losses),
         "intertrain/epoch_seconds": float(seconds),
+        "intertrain/l_corr": float(summary.l_corr),
+        "intertrain/l_incorr": float(summary.l_incorr),
+        "intertrain/l_mid": float(summary.l_mid),
+        "intertrain/correct_below_l_mid": float(summary.correct_below_l_mid),
+        "intertrain/incorrect_below_l_mid": float(summary.incorrect_below_l_mid),
+        "intertrain/admitted_region_1": float(summary.admitted_region_1),
+        "intertrain/admitted_region_3": float(summary.admitted_region_3),
+        "intertrain/left_s_int": float(summary.left_s_int),
     }
     if four_way:
         stats["intertrain/composites_4"] = float(plan.quads)

@@ -43,6 +43,7 @@ from .hub import image_size_of, make_loadable, resolve_repo_id
 from .model_card import card_facts, card_inputs, write_model_card
 from .records import LossRecorder, PlanCounts, epoch_statistics
 from .sampler import InterTrainBatchSampler
+from .selection import check_selection
 from .schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
 from .split import unwrap_timm_model
 from .tracker import AmenabilityTracker
@@ -145,7 +146,21 @@ class InterTrainTrainer(Trainer):
             regions=args.regions,
             max_group_size=args.max_group_size,
             four_way_selection=args.four_way_selection,
+            threshold_average=args.threshold_average,
+            region1_rule=args.region1_rule,
+            region3_rule=args.region3_rule,
+            region3_increases=args.region3_increases,
+            region3_epochs=args.region3_epochs,
         )
+        if args.data_selection != "none":
+            if args.max_steps > 0:
+                raise ValueError(
+                    f"data_selection={args.data_selection} plans whole epochs: set num_train_epochs instead of max_steps"
+                )
+            check_selection(
+                args.data_selection, args.subset_sizes, args.infobatch_prune_probability,
+                args.infobatch_full_data_fraction, len(train_dataset), int(args.num_train_epochs),
+            )
         self.intertrain_sampler = InterTrainBatchSampler(
             self.tracker,
             batch_size=args.per_device_train_batch_size,
@@ -155,6 +170,11 @@ class InterTrainTrainer(Trainer):
             target_ratio=args.patch_ratio,
             drop_last=args.dataloader_drop_last,
             amenable_action=args.amenable_action,
+            selection=args.data_selection,
+            subset_sizes=args.subset_sizes,
+            prune_probability=args.infobatch_prune_probability,
+            full_data_fraction=args.infobatch_full_data_fraction,
+            num_epochs=int(args.num_train_epochs) if args.max_steps <= 0 else None,
         )
         self.recorder = LossRecorder(self.tracker)
         self.intertrain_history: list[dict[str, float]] = []
@@ -215,9 +235,17 @@ class InterTrainTrainer(Trainer):
             patch_ratio=args.patch_ratio, split=self.feature_layout is not None, generator=generator,
         )
         logits = slot_logits(composed, model, lambda pixel_values: self._logits(model, pixel_values))
-        loss, records = constituent_losses(logits, inputs, composed.shares)
+        loss, records = constituent_losses(logits, inputs, composed.shares, self._loss_weight(inputs))
         self.recorder.add(records)
         return (loss, {"logits": logits[0]}) if return_outputs else loss
+
+    def _loss_weight(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Per-item loss weights of the epoch plan (InfoBatch's rescaled samples; None when every weight is 1)."""
+        weights = self.intertrain_sampler.loss_weights
+        if weights is None:
+            return None
+        index = inputs["sample_index"].cpu().numpy()
+        return torch.from_numpy(weights[index]).to(inputs["sample_index"].device)
 
     def _logits(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits through the (possibly DDP-wrapped) model's own forward, whatever the wrapper class returns."""
@@ -287,6 +315,8 @@ class InterTrainTrainer(Trainer):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         plan = PlanCounts.of(self.intertrain_sampler)  # before the tracker decides, which re-plans the sampler
+        if self.args.max_steps > 0:  # the run may stop mid-epoch: count what it trained
+            plan = plan.trained(self._steps_done_in_epoch(), self._items_per_update_step())
         summary, nonfinite = self.recorder.close_epoch(self.accelerator)
         seconds = time.perf_counter() - self._epoch_started_at  # planning and the decisions count, as in the paper
         stats = epoch_statistics(summary, plan, nonfinite, seconds, four_way=self.args.four_way != "none")
@@ -295,6 +325,14 @@ class InterTrainTrainer(Trainer):
         if self._rng_state_to_restore is not None:
             self._load_rng_state(self._rng_state_to_restore)
             self._rng_state_to_restore = None
+
+    def _steps_done_in_epoch(self) -> int:
+        epoch = self.tracker.epoch
+        return self.state.global_step - sum(self._epoch_update_steps[:epoch])
+
+    def _items_per_update_step(self) -> int:
+        args = self.args
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
 
     # ----------------------------------------------------------------------------------------------------------
     # Checkpoints (see `checkpoint.py`)

@@ -213,8 +213,10 @@ def variant_arguments(
         if not matched.optimizer_steps:
             raise ValueError(f"the run in {matched.output_dir} has no optimizer_steps recorded: train it again")
         changes["max_steps"] = int(matched.optimizer_steps)
-    if matched is not None and name == "random_subset":
-        changes["random_subset_sizes"] = ",".join(str(int(row["items"])) for row in matched.epochs)
+    if name == "random_subset":
+        # Without the matched run (checking finished runs before it exists) a placeholder the check ignores.
+        sizes = [int(row["items"]) for row in matched.epochs] if matched is not None else [1]
+        changes["random_subset_sizes"] = ",".join(map(str, sizes))
     return dataclasses.replace(training_args, **changes)
 
 

@@ -207,3 +207,53 @@ def test_four_way_refuses_settings_that_cannot_tell_its_constituents_apart(tmp_p
         _args(tmp_path, four_way="randpatch4", **settings)
     with pytest.raises(ValueError, match="four_way='mosaic8' is not supported"):
         _args(tmp_path, four_way="mosaic8")
+
+
+def _epoch_items(trainer):
+    return [int(row["intertrain/items"]) for row in trainer.intertrain_history]
+
+
+def test_random_subset_trains_the_given_samples_per_epoch(tmp_path, tiny_train_dataset):
+    sizes = [96, 60, 40]
+    args = _args(tmp_path, interpolation="none", data_selection="random_subset", random_subset_sizes="96,60,40", num_train_epochs=3)
+    trainer = InterTrainTrainer(model=make_model(), args=args, train_dataset=tiny_train_dataset)
+    trainer.train()
+    assert _epoch_items(trainer) == sizes
+    assert [int(row["intertrain/skipped"]) for row in trainer.intertrain_history] == [0, 36, 56]
+    assert trainer.state.global_step == sum(math.ceil(size / 16) for size in sizes)
+
+
+def test_random_subset_sizes_must_cover_every_epoch(tmp_path, tiny_train_dataset):
+    args = _args(tmp_path, interpolation="none", data_selection="random_subset", random_subset_sizes="96,60", num_train_epochs=3)
+    with pytest.raises(ValueError, match="gives 2 epochs but the run has 3"):
+        InterTrainTrainer(model=make_model(), args=args, train_dataset=tiny_train_dataset)
+
+
+def test_infobatch_prunes_after_the_first_losses_and_trains_everything_at_the_end(tmp_path, tiny_train_dataset):
+    args = _args(tmp_path, interpolation="none", data_selection="infobatch", num_train_epochs=4,
+                 infobatch_full_data_fraction=0.25, dataloader_drop_last=True)  # no batch of one for BatchNorm
+    trainer = InterTrainTrainer(model=make_model(), args=args, train_dataset=tiny_train_dataset)
+    weights_seen = []
+    original = trainer._loss_weight
+
+    def recording(inputs):
+        weight = original(inputs)
+        weights_seen.append(None if weight is None else sorted(set(weight.tolist())))
+        return weight
+
+    trainer._loss_weight = recording
+    trainer.train()
+    items = _epoch_items(trainer)
+    assert items[0] == 96 and items[3] == 96  # no losses known yet; the final 25% of epochs train everything
+    assert items[1] < 96 and items[2] < 96
+    assert any(weights and 2.0 in weights for weights in weights_seen)  # kept well-learned samples weigh 1 / (1 - 0.5)
+    assert all(weights is None or set(weights) <= {1.0, 2.0} for weights in weights_seen)
+
+
+def test_budget_run_stopped_mid_epoch_counts_only_the_items_it_trained(tmp_path, tiny_train_dataset):
+    args = _args(tmp_path, interpolation="none", max_steps=8)  # 6 steps per epoch: the second epoch stops after 2
+    trainer = InterTrainTrainer(model=make_model(), args=args, train_dataset=tiny_train_dataset)
+    trainer.train()
+    assert trainer.state.global_step == 8
+    assert _epoch_items(trainer) == [96, 32]
+    assert trainer.intertrain_history[1]["intertrain/skipped"] == 64

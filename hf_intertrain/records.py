@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tracker import AmenabilityTracker, EpochSummary
+from .tracker import EPOCH_BUFFER_KEYS, AmenabilityTracker, EpochSummary
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class LossRecorder:
         process keeps them (and the non-finite count), so the next all-reduce counts them once."""
         self._steps.clear()
         if accelerator.num_processes > 1 and not accelerator.is_main_process:
-            state = {name: np.zeros_like(v) if name.startswith("epoch_") else v for name, v in state.items()}
+            state = {name: np.zeros_like(v) if name in EPOCH_BUFFER_KEYS else v for name, v in state.items()}
             nonfinite_losses = 0
         self.tracker.load_state_dict(state)
         self.nonfinite_losses = int(nonfinite_losses)

@@ -61,6 +61,10 @@ three times the easier one's share.
 _MAX_STREAK = 255  # uint8 per-sample counters saturate here.
 
 
+EPOCH_BUFFER_KEYS = ("epoch_loss_sum", "epoch_correct_count", "epoch_count")
+"""The `state_dict` entries that hold the current epoch's records (a distributed run sums them over processes)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochSummary:
     """What `AmenabilityTracker.end_epoch` decided, for logging (the paper's per-epoch plots).

@@ -134,3 +134,11 @@ def datasets_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "tiny", {"train": 6, "validation": 3, "test": 3})
+
+
+def comparable_history(rows: list[dict]) -> list[dict]:
+    """Per-epoch statistics without the wall-clock seconds and with NaN (an undefined threshold) made comparable."""
+    return [
+        {k: ("nan" if isinstance(v, float) and v != v else v) for k, v in row.items() if k != "intertrain/epoch_seconds"}
+        for row in rows
+    ]

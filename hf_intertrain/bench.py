@@ -1,6 +1,6 @@
 """`hf-intertrain bench-sampler`: the cost of InterTrain's per-epoch bookkeeping at dataset scale.
 
-InterTrain decides every epoch, for every sample, whether it is interpolated next epoch (ALGORITHM.md,
+InterTrain decides every epoch, for every sample, whether it is interpolated next epoch (docs/method.md,
 "Selective interpolation") and then plans the epoch's batches ("Batch plan of an epoch"). Both run on the host
 between two epochs, while the accelerator waits, so they must stay cheap at ImageNet-1k (1,281,167 samples) and
 ImageNet-21k (14,197,122 samples) scale. This benchmark runs the real `AmenabilityTracker` and
@@ -47,7 +47,7 @@ class BenchSamplerArguments:
     epochs: int = field(default=3, metadata={"help": "Measured epochs (after the warm-up epochs)."})
     warmup_epochs: int = field(
         default=2,
-        metadata={"help": "Unmeasured epochs first: epochs 0 and 1 never interpolate (ALGORITHM.md), so 2 reaches the steady state."},
+        metadata={"help": "Unmeasured epochs first: epochs 0 and 1 never interpolate (docs/method.md), so 2 reaches the steady state."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the simulated losses and of the sampler."})
     batch_size: int = field(default=64, metadata={"help": "Items per batch (the paper's 64)."})

@@ -29,7 +29,7 @@ class InterTrainArguments(TrainingArguments):
 
     Every field is a documented command-line flag through `HfArgumentParser`. With `interpolation="none"` the
     trainer is the plain `transformers.Trainer` baseline (same batches, same loss), so a comparison changes one
-    flag only. The three techniques of the paper are switches so that its ablations (ALGORITHM.md, "What the
+    flag only. The three techniques of the paper are switches so that its ablations (docs/method.md, "What the
     paper measures") are flags: `split_propagation`, `adaptive_interpolation`, `selective_interpolation`.
 
     Defaults that differ from `TrainingArguments`:
@@ -59,21 +59,21 @@ class InterTrainArguments(TrainingArguments):
         default=True,
         metadata={
             "help": "RandPatch: pool and classify each constituent over its own cells of the final feature map "
-            "(ALGORITHM.md, 'Split propagation'). Off: both constituents use the logits of the whole input."
+            "(docs/method.md, 'Split propagation'). Off: both constituents use the logits of the whole input."
         },
     )
     adaptive_interpolation: bool = field(
         default=True,
         metadata={
             "help": "LinAvg: weight each pair by the constituents' previous losses, r = L_a / (L_a + L_b) "
-            "(ALGORITHM.md, 'Adaptive interpolation'). Off: r = patch_ratio."
+            "(docs/method.md, 'Adaptive interpolation'). Off: r = patch_ratio."
         },
     )
     selective_interpolation: bool = field(
         default=True,
         metadata={
             "help": "Choose each epoch which samples to interpolate from the loss-based amenability metric "
-            "(ALGORITHM.md, 'Selective interpolation'). Off: naive interpolation, random pairs of all samples "
+            "(docs/method.md, 'Selective interpolation'). Off: naive interpolation, random pairs of all samples "
             "every epoch."
         },
     )
@@ -130,7 +130,7 @@ class InterTrainArguments(TrainingArguments):
     four_way: str = field(
         default="none",
         metadata={
-            "help": "4-way composites for the most robust interpolated samples (issue 6): 'randpatch4' (the feature "
+            "help": "4-way composites for the most robust interpolated samples (docs/method.md, 'Four-way composites'): 'randpatch4' (the feature "
             "grid cut into 4 rectangles at random split points, each showing its own constituent's pixels), "
             "'mosaic4' (each constituent resized whole into its rectangle) or 'none' (pairs only, the paper). "
             "Needs interpolation randpatch with split propagation and selective interpolation.",

@@ -1,4 +1,4 @@
-"""Interpolation operators: LinAvg, RandPatch, and the 4-way RandPatch-4 and Mosaic-4 (ALGORITHM.md "Operators").
+"""Interpolation operators: LinAvg, RandPatch, and the 4-way RandPatch-4 and Mosaic-4 (docs/method.md, "Operators").
 
 Pure, batched tensor functions. Randomness comes only from an injected
 ``torch.Generator`` so that tests can fix it and distributed processes can agree on it.
@@ -7,7 +7,7 @@ A *single* is the degenerate pair ``(a, a, r=1)``: ``linavg(x, x_any, ones)`` an
 ``randpatch(x, x_any, all_true_mask)`` both return ``x`` exactly, so the training loop needs
 no special case for singles.
 
-The 4-way composites (issue 6, "beyond pairs") cut the feature grid at one row and one column
+The 4-way composites (docs/method.md, "Four-way composites") cut the feature grid at one row and one column
 into four rectangles of whole cells, one per constituent, so that split propagation
 (``split.split_logits_by_owner``) separates them exactly as it does RandPatch pairs.
 """
@@ -33,7 +33,7 @@ __all__ = [
 
 
 def linavg(x_a: Tensor, x_b: Tensor, ratio: Tensor) -> Tensor:
-    """LinAvg: ``X = r * x_a + (1 - r) * x_b`` element-wise (ALGORITHM.md "Operators").
+    """LinAvg: ``X = r * x_a + (1 - r) * x_b`` element-wise (docs/method.md, "Operators").
 
     The explicit two-term form (not ``torch.lerp``) keeps ``r = 1`` exact: a single
     ``(a, a, 1)`` gives ``x_a`` back bit for bit.
@@ -77,7 +77,7 @@ def cell_rectangle_masks(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw one random rectangle of whole feature-grid cells per item (RandPatch, ALGORITHM.md "Operators").
+    """Draw one random rectangle of whole feature-grid cells per item (RandPatch, docs/method.md, "Operators").
 
     Size: among all ``(rh, rw)`` with ``1 <= rh <= h``, ``1 <= rw <= w`` except the full grid,
     the sizes whose area fraction ``rh * rw / (h * w)`` is closest to ``target_ratio``; ties are
@@ -153,7 +153,7 @@ def upsample_cell_mask(mask: Tensor, image_size: tuple[int, int] | int) -> Tenso
 
 
 def randpatch(x_a: Tensor, x_b: Tensor, cell_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """RandPatch: ``x_a`` inside the mask's rectangle, ``x_b`` elsewhere (ALGORITHM.md "Operators").
+    """RandPatch: ``x_a`` inside the mask's rectangle, ``x_b`` elsewhere (docs/method.md, "Operators").
 
     Args:
         x_a: Constituent a, ``[P, C, H, W]``.
@@ -185,12 +185,12 @@ def quadrant_splits(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw one split row and one split column of the feature grid per item (4-way composites, issue 6).
+    """Draw one split row and one split column of the feature grid per item (docs/method.md, "Four-way composites").
 
     The split ``(i, j)`` cuts the ``h x w`` grid into four rectangles of whole cells, one per
     slot: 0 = top-left (rows ``< i``, columns ``< j``), 1 = top-right, 2 = bottom-left,
     3 = bottom-right (see ``quadrant_owner``). ``i`` is uniform in ``1..h-1`` and ``j`` in
-    ``1..w-1``, so no rectangle is empty and, as with RandPatch (ALGORITHM.md "Operators"),
+    ``1..w-1``, so no rectangle is empty and, as with RandPatch (docs/method.md, "Operators"),
     every constituent owns whole cells that split propagation can pool apart.
 
     Rows are drawn before columns on the generator's device (CPU when ``generator`` is None),
@@ -300,9 +300,9 @@ def _check_constituents(xs: Sequence[Tensor], splits: Tensor, name: str) -> Tens
 
 
 def randpatch4(xs: Sequence[Tensor], splits: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """RandPatch-4: each constituent's own pixels inside its rectangle of the 4-way split (issue 6).
+    """RandPatch-4: each constituent's own pixels inside its rectangle of the 4-way split (docs/method.md, "Four-way composites").
 
-    The 4-constituent form of RandPatch (ALGORITHM.md "Operators"): slot ``k``'s rectangle of
+    The 4-constituent form of RandPatch (docs/method.md, "Operators"): slot ``k``'s rectangle of
     whole cells (``quadrant_owner``) shows ``xs[k]`` unchanged, at full resolution, and its
     achieved pixel-area fraction is that constituent's ratio. Pixels map to cells as in
     ``upsample_cell_mask``.
@@ -331,12 +331,12 @@ def randpatch4(xs: Sequence[Tensor], splits: Tensor, grid: tuple[int, int]) -> t
 
 
 def mosaic4(xs: Sequence[Tensor], splits: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Mosaic-4: each constituent resized whole into its rectangle of the 4-way split (issue 6).
+    """Mosaic-4: each constituent resized whole into its rectangle of the 4-way split (docs/method.md, "Four-way composites").
 
     The same pixel rectangles as ``randpatch4``, but ``xs[k]`` is shrunk (bilinear,
     antialiased, ``align_corners=False``) to its rectangle's size, so every constituent is
     fully visible at a lower resolution instead of cropped. The rectangles are whole cells, so
-    split propagation separates the constituents exactly as for RandPatch (ALGORITHM.md
+    split propagation separates the constituents exactly as for RandPatch (docs/method.md,
     "Operators", "Split propagation").
 
     Items with equal splits are resized together (a ``h x w`` grid has at most

@@ -1,8 +1,8 @@
 """Batch sampler yielding InterTrain items: singles, interpolated pairs and 4-way composites.
 
-Implements ALGORITHM.md "Batch plan of an epoch". An item is `(a, b, r)`: a pair interpolates
+Implements docs/method.md, "Batch plan of an epoch". An item is `(a, b, r)`: a pair interpolates
 samples a and b with a's share r; a single is `(a, -1, 1.0)`, the degenerate pair (a, a, 1).
-A 4-way composite (issue 6) is `(a, b, r, c, d)`: four samples whose shares are drawn with the
+A 4-way composite (docs/method.md, "Four-way composites") is `(a, b, r, c, d)`: four samples whose shares are drawn with the
 composite's partition on the training device (r = 0.25 is only nominal).
 The plan is a function of (seed, epoch, tracker state) only, so every rank of a distributed
 run draws the same plan, and a resumed run redraws the plan it was in. Knows no model.
@@ -78,7 +78,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         batch_size: Items per batch (a pair is one item).
         seed: Base seed; the epoch's generator is seeded with `seed + epoch`.
         interpolate: False trains everything as singles whatever the tracker says (baseline).
-        adaptive_ratio: Pairs get r = L_a / (L_a + L_b) from the tracker (ALGORITHM.md
+        adaptive_ratio: Pairs get r = L_a / (L_a + L_b) from the tracker (docs/method.md,
             "Adaptive interpolation") instead of `target_ratio`.
         target_ratio: a's share in every pair when `adaptive_ratio` is False, in (0, 1).
         drop_last: Drop the last batch when it has fewer than `batch_size` items.

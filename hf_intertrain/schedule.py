@@ -1,7 +1,7 @@
 """Learning-rate schedules that follow epoch progress while InterTrain's epochs shrink.
 
 transformers sizes the schedule once, from the first epoch's dataloader (`num_update_steps_per_epoch *
-num_train_epochs`). InterTrain's epochs get shorter as more samples are interpolated (ALGORITHM.md, "Vocabulary":
+num_train_epochs`). InterTrain's epochs get shorter as more samples are interpolated (docs/method.md, "Vocabulary":
 an epoch with P pairs has N - P items), so a step-indexed schedule would stop decaying half way. Here the
 schedule is defined on *nominal* steps (the full-epoch step count) and each real optimizer step is mapped to
 `(epoch + fraction of this epoch done) * nominal_steps_per_epoch`: the schedule reaches its end exactly at the

@@ -1,4 +1,4 @@
-"""Split propagation for RandPatch pairs and 4-way composites (ALGORITHM.md "Split propagation").
+"""Split propagation for RandPatch pairs and 4-way composites (docs/method.md, "Split propagation").
 
 A RandPatch input holds constituent a inside a rectangle of whole feature-grid cells and b
 elsewhere. Split propagation runs the backbone once, then pools each constituent only over
@@ -208,7 +208,7 @@ def feature_grid(model: nn.Module, image_size: int | tuple[int, int]) -> tuple[i
 
     Found by probing ``forward_features`` once (eval mode, no_grad; the previous mode is
     restored), so it holds for any stride, padding or patch size. RandPatch cells are these
-    grid positions (ALGORITHM.md "Operators").
+    grid positions (docs/method.md, "Operators").
     """
     size = _pair(image_size)
     timm_model = unwrap_timm_model(model)
@@ -336,9 +336,9 @@ def split_logits_by_owner(
     slots: Tensor,
     head: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Logits of any constituent of any item from its own cells (ALGORITHM.md "Split propagation").
+    """Logits of any constituent of any item from its own cells (docs/method.md, "Split propagation").
 
-    The N-way form of split propagation (pairs, and the 4-way composites of issue 6): output
+    The N-way form of split propagation (pairs, and the 4-way composites of docs/method.md, "Four-way composites"): output
     row ``r`` pools item ``rows[r]``'s features over the cells whose owner is ``slots[r]``.
     One ``forward_head`` call runs on all requested rows; cell weights ``region * h * w / area``
     make the model's own average pool return the mean over the region, and cells outside it get
@@ -378,7 +378,7 @@ def split_logits(
     rows_b: Tensor | None = None,
     head: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Logits of each constituent of a RandPatch pair from its own cells (ALGORITHM.md "Split propagation").
+    """Logits of each constituent of a RandPatch pair from its own cells (docs/method.md, "Split propagation").
 
     ``split_logits_by_owner`` with a as slot 0 (the mask's cells) and b as slot 1: one
     ``forward_head`` call runs on ``[a-weighted rows; b-weighted rows]``, and each constituent's

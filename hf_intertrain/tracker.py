@@ -1,11 +1,11 @@
 """Amenability tracker: which samples InterTrain interpolates in the next epoch.
 
-Implements ALGORITHM.md "Selective interpolation" and "Adaptive interpolation". Losses and
+Implements docs/method.md, "Selective interpolation" and "Adaptive interpolation". Losses and
 correctness go in through `record`, decisions come out of `end_epoch`. Everything is a numpy
 array of length N, so ImageNet-21k sized datasets (14M samples) cost a few hundred MB and
 `end_epoch` is a handful of vectorised passes. It knows no model, no torch and no Trainer.
 
-Beyond pairs (issue 6): with `max_group_size=4` the tracker also decides which S_int members
+Beyond pairs (docs/method.md, "Four-way composites"): with `max_group_size=4` the tracker also decides which S_int members
 go into 4-way composites instead of pairs (see `AmenabilityTracker`, "Four-way selection").
 
 The paper's threshold ablations (Sec. 7.6 to 7.8) and other readings of its "running average" are
@@ -125,7 +125,7 @@ class EpochSummary:
 class AmenabilityTracker:
     """Per-sample loss bookkeeping and the S_int / S_noInt decision of InterTrain.
 
-    The decision rules are ALGORITHM.md "Selective interpolation". Choices where the spec is
+    The decision rules are docs/method.md, "Selective interpolation". Choices where the spec is
     silent:
 
     - One record per sample per epoch. A sample recorded several times in one epoch (a
@@ -201,7 +201,7 @@ class AmenabilityTracker:
     Region-3 settings without Region 3, `region3_increases` with `region3_rule="l_incorr"`,
     every rule with `selective=False`, and 4-way composites without the L_mid Region 1.
 
-    Four-way selection (`max_group_size=4`, issue 6). Pairs are the paper's first step of
+    Four-way selection (`max_group_size=4`; docs/method.md, "Four-way composites"). Pairs are the paper's first step of
     interpolation; a 4-way composite shows each constituent on about a quarter of the input, a
     harder test. The rule climbs the same ladder one rung higher, with the thresholds the
     method already has and no new hyper-parameter:
@@ -425,7 +425,7 @@ class AmenabilityTracker:
     # Recording
     # ----------------------------------------------------------------------------------------
     def record(self, indices: np.ndarray, losses: np.ndarray, correct: np.ndarray) -> None:
-        """Add one epoch's observations: per-constituent loss and correctness (ALGORITHM.md "Loss").
+        """Add one epoch's observations: per-constituent loss and correctness (docs/method.md, "Loss").
 
         Args:
             indices: Sample indices, 1-D integer array.

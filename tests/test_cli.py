@@ -313,7 +313,7 @@ def test_compare_end_to_end_writes_json_png_and_prints_the_table(capfd, tmp_path
     assert baseline["items_trained"] == 3 * 64 and baseline["ideal_speedup"] == 1.0
     assert intertrain["ideal_speedup"] == pytest.approx(3 * 64 / intertrain["items_trained"])
     assert comparison["speedup"] == intertrain["speedup"]
-    # Epochs 0 and 1 never interpolate (ALGORITHM.md), whatever the losses.
+    # Epochs 0 and 1 never interpolate (docs/method.md), whatever the losses.
     assert [row["pairs"] for row in intertrain["epochs"][:2]] == [0, 0]
 
     png = (output_dir / "comparison.png").read_bytes()

@@ -391,7 +391,7 @@ def test_skipped_region3_sample_is_compared_with_its_loss_before_the_skip():
 
 
 # ---------------------------------------------------------------------------------------------
-# Four-way selection (issue 6)
+# Four-way selection
 def test_four_way_selection_climbs_one_rung_per_epoch():
     tracker = tracker_after_epoch0(max_group_size=4)  # L_corr = 1, L_incorr = 3, L_mid = 2 throughout.
     run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)

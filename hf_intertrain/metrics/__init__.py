@@ -1,6 +1,6 @@
 """Evaluation metrics shipped with the package as `evaluate` modules, and the Trainer glue.
 
-The trainer reports `eval_top1` / `eval_top5` (ALGORITHM.md, "What the paper measures") through
+The trainer reports `eval_top1` / `eval_top5` (docs/method.md, "What the paper measures") through
 `build_compute_metrics`, which loads the bundled `top_k_accuracy` module with `evaluate.load` on
 its local path: no Hub access is needed, so it works with `HF_HUB_OFFLINE=1`.
 """

@@ -1,4 +1,4 @@
-"""Top-k accuracy from logits: the accuracy the InterTrain paper reports (ALGORITHM.md, "What the
+"""Top-k accuracy from logits: the accuracy the InterTrain paper reports (docs/method.md, "What the
 paper measures": top-1; top-5 for ImageNet-scale label sets).
 
 An `evaluate` module so that `evaluate.load("<path to this folder>")` works offline, like any

@@ -332,13 +332,13 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def epoch_rows(report: RunReport) -> list[dict[str, Any]]:
-    """The report's per-epoch rows with `skipped` (N - items - pairs - 3 * composites_4) and the fractions of N
+    """The report's per-epoch rows with `skipped` (N - items - pairs - 3 * four_way_composites) and the fractions of N
     that are interpolated, skipped, and approximated (either)."""
     num_samples = report.num_train_samples
     rows = []
     for row in report.epochs:
         row = dict(row)
-        grouped = int(row.get("pairs", 0)) + 3 * int(row.get("composites_4", 0))
+        grouped = int(row.get("pairs", 0)) + 3 * int(row.get("four_way_composites", 0))
         row["skipped"] = float(num_samples - int(row["items"]) - grouped)
         row["skipped_fraction"] = row["skipped"] / num_samples if num_samples else 0.0
         row["approximated_fraction"] = row["interpolated_fraction"] + row["skipped_fraction"]

@@ -117,7 +117,7 @@ class LossRecorder:
             [
                 np.count_nonzero(tracker.interpolated),
                 np.flatnonzero(tracker.interpolated).sum(dtype=np.float64),
-                np.flatnonzero(tracker.in_quads).sum(dtype=np.float64),
+                np.flatnonzero(tracker.in_four_way).sum(dtype=np.float64),
                 l_corr,
                 l_incorr,
                 np.nansum(tracker.last_loss, dtype=np.float64),
@@ -176,19 +176,20 @@ class LossRecorder:
 
 
 class PlanCounts(NamedTuple):
-    """How an epoch's plan grouped the N samples: items + pairs + 3 * quads + skipped == num_samples."""
+    """How an epoch's plan grouped the N samples: items + pairs + 3 * four_way + skipped == num_samples
+    (`four_way`: 4-way composites)."""
 
     num_samples: int
     items: int
     pairs: int
-    quads: int
+    four_way: int
     skipped: int
 
     @classmethod
     def of(cls, sampler: Any) -> PlanCounts:
         """The counts of an `InterTrainBatchSampler`'s current epoch."""
         num_samples = sampler.tracker.num_samples
-        return cls(num_samples, sampler.num_items, sampler.num_pairs, sampler.num_quads, sampler.num_skipped)
+        return cls(num_samples, sampler.num_items, sampler.num_pairs, sampler.num_four_way, sampler.num_skipped)
 
     def trained(self, update_steps_done: int, items_per_update_step: int) -> PlanCounts:
         """The counts of what was actually trained when the run stopped mid-epoch (`max_steps`, as the
@@ -212,13 +213,13 @@ def epoch_statistics(
     `l_corr`, `l_incorr`, `l_mid` (the thresholds that judged the epoch, NaN while undefined), the paper's Fig. 5
     efficacy over the epoch's non-interpolated records (`correct_below_l_mid`, `incorrect_below_l_mid`: fractions of
     the correct / incorrect ones below L_mid), the samples admitted to S_int through Region 1 and Region 3
-    (`admitted_region_1`, `admitted_region_3`, Fig. 6) and the members leaving it (`left_s_int`, Fig. 8a). With `four_way` also `composites_4` (items + pairs +
-    3 * composites_4 + skipped == N), `constituents_per_item` and `next_in_quads`. All but the seconds are the same
+    (`admitted_region_1`, `admitted_region_3`, Fig. 6) and the members leaving it (`left_s_int`, Fig. 8a). With `four_way` also `four_way_composites` (items + pairs +
+    3 * four_way_composites + skipped == N), `constituents_per_item` and `next_four_way`. All but the seconds are the same
     on every process of a distributed run.
     """
     num_samples = plan.num_samples
     stats = {
-        "intertrain/interpolated_fraction": (2 * plan.pairs + 4 * plan.quads) / num_samples,
+        "intertrain/interpolated_fraction": (2 * plan.pairs + 4 * plan.four_way) / num_samples,
         "intertrain/items": float(plan.items),
         "intertrain/pairs": float(plan.pairs),
         "intertrain/skipped": float(plan.skipped),
@@ -238,7 +239,7 @@ def epoch_statistics(
         "intertrain/left_s_int": float(summary.left_s_int),
     }
     if four_way:
-        stats["intertrain/composites_4"] = float(plan.quads)
+        stats["intertrain/four_way_composites"] = float(plan.four_way)
         stats["intertrain/constituents_per_item"] = (num_samples - plan.skipped) / max(1, plan.items)
-        stats["intertrain/next_in_quads"] = float(summary.next_in_quads)
+        stats["intertrain/next_four_way"] = float(summary.next_four_way)
     return stats

@@ -167,7 +167,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         return self._num_pairs
 
     @property
-    def num_quads(self) -> int:
+    def num_four_way(self) -> int:
         """4-way composites in the current epoch (0 unless the tracker marks samples for them)."""
         self._ensure_plan()
         return self._num_quads
@@ -220,7 +220,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
         if self.interpolate:
             s_int = self.tracker.s_int_indices()
             noint = self.tracker.s_noint_indices()
-            marked = self.tracker.s_int_quad_indices()
+            marked = self.tracker.s_int_four_way_indices()
             if marked.size and self.amenable_action == "interpolate":
                 marked = marked[torch.randperm(marked.size, generator=generator).numpy()]
                 num_quads = marked.size // 4

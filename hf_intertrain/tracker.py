@@ -80,8 +80,8 @@ class EpochSummary:
         l_incorr: L_incorr used for the decision, NaN when undefined.
         l_mid: L_mid used for the decision, NaN when undefined.
         next_interpolated: |S_int(epoch + 1)|.
-        num_in_quads: S_int members of that epoch marked for 4-way composites (0 with pairs only).
-        next_in_quads: Members of S_int(epoch + 1) marked for 4-way composites.
+        num_four_way: S_int members of that epoch marked for 4-way composites (0 with pairs only).
+        next_four_way: Members of S_int(epoch + 1) marked for 4-way composites.
         l_avg: Running average loss of all S_noInt observations used for the decision (the
             threshold of `region1_rule="avg_loss"`; reported under every rule), NaN when undefined.
         correct_below_l_mid: The paper's Fig. 5 efficacy of L_mid: among that epoch's records of
@@ -108,8 +108,8 @@ class EpochSummary:
     l_incorr: float
     l_mid: float
     next_interpolated: int
-    num_in_quads: int = 0
-    next_in_quads: int = 0
+    num_four_way: int = 0
+    next_four_way: int = 0
     l_avg: float = math.nan
     correct_below_l_mid: float = math.nan
     incorrect_below_l_mid: float = math.nan
@@ -346,11 +346,11 @@ class AmenabilityTracker:
         return np.flatnonzero(self._reason == reason).astype(np.int64, copy=False)
 
     @property
-    def in_quads(self) -> np.ndarray:
+    def in_four_way(self) -> np.ndarray:
         """Read-only bool per sample: S_int member marked for a 4-way composite this epoch."""
         return _read_only(self._quad)
 
-    def s_int_quad_indices(self) -> np.ndarray:
+    def s_int_four_way_indices(self) -> np.ndarray:
         """Sorted int64 indices of the S_int members marked for 4-way composites."""
         return np.flatnonzero(self._quad).astype(np.int64, copy=False)
 
@@ -573,8 +573,8 @@ class AmenabilityTracker:
             l_incorr=l_incorr,
             l_mid=l_mid,
             next_interpolated=n - int(np.count_nonzero(next_noint)),
-            num_in_quads=int(np.count_nonzero(self._quad)),
-            next_in_quads=int(np.count_nonzero(next_quad)),
+            num_four_way=int(np.count_nonzero(self._quad)),
+            next_four_way=int(np.count_nonzero(next_quad)),
             l_avg=l_avg,
             correct_below_l_mid=below[0],
             incorrect_below_l_mid=below[1],
@@ -636,7 +636,7 @@ class AmenabilityTracker:
             "region3_epochs": np.array([self.region3_epochs], dtype=np.int64),
             "epoch": np.array([self.epoch], dtype=np.int64),
             "reason": self._reason.copy(),
-            "in_quads": self._quad.copy(),
+            "in_four_way": self._quad.copy(),
             "last_loss": self._last_loss.copy(),
             "prev_noint_loss": self._prev_noint_loss.copy(),
             "pooled_sum": self._pooled_sum.copy(),
@@ -664,8 +664,11 @@ class AmenabilityTracker:
                 or a threshold setting differ.
         """
         n = self.num_samples
-        # States saved before 4-way composites existed: pairs only.
-        state = {"max_group_size": np.array([2]), "in_quads": np.zeros(n, dtype=np.bool_), **state}
+        # States saved before 4-way composites existed: pairs only; "in_quads" is the older name of "in_four_way".
+        state = dict(state)
+        if "in_quads" in state:
+            state.setdefault("in_four_way", state.pop("in_quads"))
+        state = {"max_group_size": np.array([2]), "in_four_way": np.zeros(n, dtype=np.bool_), **state}
         if "reason" in state:  # States saved before the threshold settings existed: the defaults.
             region3_left = (np.asarray(state["reason"]) == REGION_3).astype(np.uint8)
             defaults = {
@@ -700,7 +703,7 @@ class AmenabilityTracker:
             if value != getattr(self, key):
                 raise ValueError(f"tracker state has {key}={value} but this tracker has {getattr(self, key)}; resume with the same {key}.")
         per_sample = {
-            "reason": np.int8, "in_quads": np.bool_, "last_loss": np.float32, "prev_noint_loss": np.float32,
+            "reason": np.int8, "in_four_way": np.bool_, "last_loss": np.float32, "prev_noint_loss": np.float32,
             "epoch_loss_sum": np.float32, "epoch_correct_count": np.int32, "epoch_count": np.int32,
             "increases": np.uint8, "region3_left": np.uint8,
         }
@@ -712,7 +715,7 @@ class AmenabilityTracker:
                 raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected ({size},); the checkpoint is corrupt, start a new run.")
         self.epoch = int(np.asarray(state["epoch"]).reshape(-1)[0])
         self._reason = np.array(state["reason"], dtype=np.int8)
-        self._quad = np.array(state["in_quads"], dtype=np.bool_) & (self._reason != NOT_INTERPOLATED)
+        self._quad = np.array(state["in_four_way"], dtype=np.bool_) & (self._reason != NOT_INTERPOLATED)
         self._last_loss = np.array(state["last_loss"], dtype=np.float32)
         self._prev_noint_loss = np.array(state["prev_noint_loss"], dtype=np.float32)
         self._pooled_sum = np.array(state["pooled_sum"], dtype=np.float64)

@@ -132,7 +132,7 @@ def test_four_way_composites_are_planned_recorded_and_decided_alike_on_both_proc
     trackers = [safetensors.numpy.load_file(str(tmp_path / f"full_rank{r}.safetensors")) for r in range(2)]
 
     first = reports[0]["history"][0]
-    assert (first["intertrain/composites_4"], first["intertrain/pairs"]) == (8, 4)
+    assert (first["intertrain/four_way_composites"], first["intertrain/pairs"]) == (8, 4)
     assert first["intertrain/items"] == NUM_SAMPLES - 4 - 3 * 8
     counts = np.array(reports[0]["global_counts"][0])
     # Every constituent recorded over both ranks; the 2-item last batch is padded to a full one by accelerate's

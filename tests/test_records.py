@@ -144,11 +144,11 @@ def test_epoch_statistics_count_the_plan_and_the_decisions():
     recorder = _recorder()
     recorder.add(_step(list(range(NUM_SAMPLES)), [0.5] * NUM_SAMPLES))
     summary, _ = recorder.close_epoch(FakeAccelerator())
-    plan = PlanCounts(num_samples=8, items=3, pairs=1, quads=1, skipped=1)
+    plan = PlanCounts(num_samples=8, items=3, pairs=1, four_way=1, skipped=1)
     stats = epoch_statistics(summary, plan, nonfinite_losses=2, seconds=1.5, four_way=True)
     assert stats["intertrain/interpolated_fraction"] == 6 / 8
     assert (stats["intertrain/items"], stats["intertrain/pairs"], stats["intertrain/skipped"]) == (3, 1, 1)
-    assert (stats["intertrain/composites_4"], stats["intertrain/constituents_per_item"]) == (1, 7 / 3)
+    assert (stats["intertrain/four_way_composites"], stats["intertrain/constituents_per_item"]) == (1, 7 / 3)
     assert stats["intertrain/nonfinite_losses"] == 2 and stats["intertrain/epoch_seconds"] == 1.5
     pairs_only = epoch_statistics(summary, plan, 0, 1.0)
-    assert not any(key in pairs_only for key in ("intertrain/composites_4", "intertrain/next_in_quads"))
+    assert not any(key in pairs_only for key in ("intertrain/four_way_composites", "intertrain/next_four_way"))

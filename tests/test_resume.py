@@ -249,7 +249,7 @@ def _with_four_way_members(trainer):
     """Start the run with 8 composites of 4 and 4 pairs in epoch 0 (samples 0-31 marked, 32-39 paired)."""
     state = trainer.tracker.state_dict()
     state["reason"][:40] = 1
-    state["in_quads"][:32] = True
+    state["in_four_way"][:32] = True
     trainer.tracker.load_state_dict(state)
     return trainer
 
@@ -259,10 +259,10 @@ def test_resume_mid_epoch_with_four_way_composites_ends_where_the_uninterrupted_
     settings = {"four_way": four_way, "num_train_epochs": 3, "save_strategy": "no"}
     reference = _with_four_way_members(_trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([2])], **settings))
     reference.train()
-    assert reference.intertrain_history[0]["intertrain/composites_4"] == 8
+    assert reference.intertrain_history[0]["intertrain/four_way_composites"] == 8
     assert reference.epoch_update_steps[0] == 4  # 88 - 4 - 24 = 60 items in batches of 16
     checkpoint = tmp_path / "reference" / "checkpoint-2"
-    assert safetensors.numpy.load_file(str(checkpoint / INTERTRAIN_STATE_NAME))["in_quads"][:32].all()
+    assert safetensors.numpy.load_file(str(checkpoint / INTERTRAIN_STATE_NAME))["in_four_way"][:32].all()
 
     resumed = _trainer(tmp_path / "resumed", data, model_seed=7, **settings)
     resumed.train(resume_from_checkpoint=str(checkpoint))

@@ -253,7 +253,7 @@ def tracker_with_quads(num_samples: int, pairs: list[int], quads: list[int]) -> 
     """A tracker (max_group_size=4) whose S_int is `pairs + quads`, `quads` marked for 4-way composites."""
     state = AmenabilityTracker(num_samples, max_group_size=4).state_dict()
     state["reason"][pairs + quads] = 1
-    state["in_quads"][quads] = True
+    state["in_four_way"][quads] = True
     tracker = AmenabilityTracker(num_samples, max_group_size=4)
     tracker.load_state_dict(state)
     return tracker
@@ -275,10 +275,10 @@ def test_quads_cover_every_sample_once_and_remainder_is_paired():
         assert sorted(x for item in items for x in constituents(item)) == list(range(25))
         fours = [item for item in items if len(item) == 5]
         twos = [item for item in items if len(item) == 3 and item[1] >= 0]
-        assert len(fours) == sampler.num_quads == 2 and len(twos) == sampler.num_pairs == 2
+        assert len(fours) == sampler.num_four_way == 2 and len(twos) == sampler.num_pairs == 2
         assert all(set(constituents(item)) <= set(quads) for item in fours)
         assert all(set(constituents(item)) <= set(quads + pairs) for item in twos)
-        assert sampler.num_items == 25 - sampler.num_pairs - 3 * sampler.num_quads == len(items)
+        assert sampler.num_items == 25 - sampler.num_pairs - 3 * sampler.num_four_way == len(items)
         assert len(batches) == len(sampler)
 
 

@@ -319,8 +319,8 @@ def test_summary_counts():
         "l_incorr": 3.0,
         "l_mid": 2.0,
         "next_interpolated": 3,
-        "num_in_quads": 0,
-        "next_in_quads": 0,
+        "num_four_way": 0,
+        "next_four_way": 0,
         "l_avg": 2.0,
         "correct_below_l_mid": 0.5,
         "incorrect_below_l_mid": 0.0,
@@ -396,24 +396,24 @@ def test_four_way_selection_climbs_one_rung_per_epoch():
     tracker = tracker_after_epoch0(max_group_size=4)  # L_corr = 1, L_incorr = 3, L_mid = 2 throughout.
     run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     assert tracker.s_int_indices().tolist() == [0, 1, 2, 3]
-    assert not tracker.in_quads.any()  # New Region-1 entrants start as pairs, however easy.
+    assert not tracker.in_four_way.any()  # New Region-1 entrants start as pairs, however easy.
     assert tracker.averages() == (1.0, 3.0, 2.0)
 
     summary = run_epoch(tracker, [0.5, 1.5, 2.5, 0.9, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     # 0 and 3: interpolated loss below L_corr -> 4-way; 1: Region 1 above L_corr -> pair; 2: >= L_mid -> out.
-    assert tracker.s_int_quad_indices().tolist() == [0, 3]
+    assert tracker.s_int_four_way_indices().tolist() == [0, 3]
     assert tracker.s_int_pair_indices().tolist() == [1]
-    assert summary.num_in_quads == 0 and summary.next_in_quads == 2
+    assert summary.num_four_way == 0 and summary.next_four_way == 2
 
     summary = run_epoch(tracker, [1.5, 0.5, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     # 0 falls back one rung to a pair, 3 stays 4-way, pair member 1 is promoted.
-    assert tracker.s_int_quad_indices().tolist() == [1, 3]
+    assert tracker.s_int_four_way_indices().tolist() == [1, 3]
     assert tracker.s_int_pair_indices().tolist() == [0]
-    assert summary.num_in_quads == 2 and summary.next_in_quads == 2
+    assert summary.num_four_way == 2 and summary.next_four_way == 2
 
     run_epoch(tracker, [1.5, 2.5, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     # A 4-way member at L_mid or above leaves S_int (the paper's Region-1 exit), no stop at pairs.
-    assert tracker.s_int_quad_indices().tolist() == [3]
+    assert tracker.s_int_four_way_indices().tolist() == [3]
     assert tracker.s_int_pair_indices().tolist() == [0]
     assert not tracker.interpolated[1]
 
@@ -423,7 +423,7 @@ def test_region3_members_are_never_put_in_four_way_composites():
     run_epoch(tracker, [1.0, 1.0, 1.0, 1.0, 3.5, 3.0, 3.0, 3.0], CORRECT0)
     assert tracker.reason[4] == REGION_3
     run_epoch(tracker, [1.0, 1.0, 1.0, 1.0, 0.01, 3.0, 3.0, 3.0], CORRECT0)
-    assert not tracker.in_quads.any()
+    assert not tracker.in_four_way.any()
     assert tracker.reason[4] == NOT_INTERPOLATED  # Region-3 members return to S_noInt.
 
 
@@ -432,7 +432,7 @@ def test_pairs_only_tracker_never_marks_four_way_members():
     run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     run_epoch(tracker, [0.01] * 4 + [3.0] * 4, CORRECT0)
     assert tracker.s_int_indices().tolist() == [0, 1, 2, 3]
-    assert not tracker.in_quads.any() and tracker.s_int_quad_indices().size == 0
+    assert not tracker.in_four_way.any() and tracker.s_int_four_way_indices().size == 0
     assert tracker.s_int_pair_indices().tolist() == [0, 1, 2, 3]
 
 
@@ -443,10 +443,10 @@ def test_four_way_state_roundtrip_and_refusals():
     state = tracker.state_dict()
     restored = AmenabilityTracker(N, max_group_size=4)
     restored.load_state_dict(state)
-    assert restored.s_int_quad_indices().tolist() == [0, 3]
+    assert restored.s_int_four_way_indices().tolist() == [0, 3]
     with pytest.raises(ValueError, match="max_group_size=4 but this tracker has 2"):
         AmenabilityTracker(N).load_state_dict(state)
-    old = {k: v for k, v in AmenabilityTracker(N).state_dict().items() if k not in ("max_group_size", "in_quads")}
+    old = {k: v for k, v in AmenabilityTracker(N).state_dict().items() if k not in ("max_group_size", "in_four_way")}
     AmenabilityTracker(N).load_state_dict(old)  # Saved before 4-way composites existed.
 
 
@@ -464,8 +464,8 @@ def test_region1_four_way_selection_groups_every_region1_member_on_its_second_ep
     for tracker in (robust, region1):
         run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
         run_epoch(tracker, [0.5, 1.5, 2.5, 0.9, 3.0, 3.0, 3.0, 3.0], CORRECT0)
-    assert robust.s_int_quad_indices().tolist() == [0, 3]
-    assert region1.s_int_quad_indices().tolist() == [0, 1, 3]  # 1.5 < L_mid suffices
+    assert robust.s_int_four_way_indices().tolist() == [0, 3]
+    assert region1.s_int_four_way_indices().tolist() == [0, 1, 3]  # 1.5 < L_mid suffices
     with pytest.raises(ValueError, match="four_way_selection must be one of"):
         AmenabilityTracker(N, max_group_size=4, four_way_selection="all")
 
@@ -781,3 +781,13 @@ def test_adaptive_ratio_is_bounded_and_symmetric():
     # Zero loss -> 0.25 (not 0); about zero -> 0.25; 1/(1+1.5) = 0.4 inside the bound; unknown -> 0.5.
     assert tracker.adaptive_ratio(a, b).tolist() == [0.25, 0.25, pytest.approx(0.4), 0.5, 0.5]
     assert tracker.adaptive_ratio(b, a).tolist() == [0.75, 0.75, pytest.approx(0.6), 0.5, 0.5]
+
+
+def test_a_state_saved_under_the_older_in_quads_name_loads():
+    saved = AmenabilityTracker(6, max_group_size=4).state_dict()
+    saved["reason"][:4] = 1
+    saved["in_four_way"][:4] = True
+    saved["in_quads"] = saved.pop("in_four_way")
+    tracker = AmenabilityTracker(6, max_group_size=4)
+    tracker.load_state_dict(saved)
+    assert tracker.s_int_four_way_indices().tolist() == [0, 1, 2, 3]

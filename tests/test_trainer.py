@@ -177,7 +177,7 @@ def test_four_way_composites_train_every_sample_once_in_fewer_items(tmp_path, ti
     )
     state = trainer.tracker.state_dict()
     state["reason"][:40] = 1  # S_int: samples 0-39, of which 0-31 marked for 8 composites of 4, 32-39 for 4 pairs.
-    state["in_quads"][:32] = True
+    state["in_four_way"][:32] = True
     trainer.tracker.load_state_dict(state)
     counts, end_epoch = [], trainer.tracker.end_epoch
     trainer.tracker.end_epoch = lambda: (counts.append(trainer.tracker.epoch_buffers()[2].copy()), end_epoch())[1]
@@ -185,7 +185,7 @@ def test_four_way_composites_train_every_sample_once_in_fewer_items(tmp_path, ti
     trainer.train()
 
     first = trainer.intertrain_history[0]
-    assert (first["intertrain/composites_4"], first["intertrain/pairs"], first["intertrain/items"]) == (8, 4, 96 - 4 - 24)
+    assert (first["intertrain/four_way_composites"], first["intertrain/pairs"], first["intertrain/items"]) == (8, 4, 96 - 4 - 24)
     assert first["intertrain/interpolated_fraction"] == pytest.approx(40 / 96)
     assert first["intertrain/constituents_per_item"] == pytest.approx(96 / 68)
     assert [c.tolist() for c in counts] == [[1] * 96, [1] * 96]  # Every constituent recorded once per epoch.

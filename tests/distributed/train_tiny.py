@@ -133,7 +133,7 @@ def main():
     if cli.four_way != "none":
         state = full.tracker.state_dict()
         state["reason"][:40] = 1
-        state["in_quads"][:32] = True
+        state["in_four_way"][:32] = True
         full.tracker.load_state_dict(state)
     started = time.perf_counter()
     full.train()

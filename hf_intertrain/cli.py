@@ -47,7 +47,9 @@ class CompareArguments:
             "as the first interpolating run, its learning-rate schedule fitted to them: what a user gets by simply "
             "training less; every other run gets a verdict against it), random_subset (no interpolation, each epoch a "
             "random subset as large as that run's items), infobatch (InfoBatch: loss-based random pruning, loss "
-            "rescaled). See compare.py."
+            "rescaled); threshold_epoch_mean, threshold_ema, threshold_last_epoch (other threshold averages), "
+            "threshold_accuracy, threshold_avg_loss, region3_lincorr, region3_only, region3_k2, skip_region3 (the "
+            "paper's threshold ablations, Table 3, Fig. 8b, Table 4). See compare.py and docs/method.md."
         },
     )
     seeds: str | None = field(

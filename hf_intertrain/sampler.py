@@ -14,7 +14,7 @@ with S_int left out instead of paired (`amenable_action="skip"`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import Sampler
 from hf_intertrain.constants import AMENABLE_ACTIONS
 from hf_intertrain.selection import check_selection, infobatch_prunes, infobatch_selection, random_subset
 from hf_intertrain.tracker import REGION_3, AmenabilityTracker
+
+if TYPE_CHECKING:
+    from hf_intertrain.data.items import ItemKey  # the key protocol, defined once there
 
 
 class EpochPlan(NamedTuple):
@@ -43,7 +46,7 @@ class EpochPlan(NamedTuple):
     item_d: np.ndarray
 
 
-class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
+class InterTrainBatchSampler(Sampler[list[tuple]]):
     """Per epoch: group and pair a shuffle of S_int, add S_noInt as singles, shuffle the items, batch them.
 
     The draws are made from `torch.Generator().manual_seed(seed + epoch)`: first
@@ -152,7 +155,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
 
     @property
     def plan(self) -> EpochPlan:
-        """The current epoch's items (item_a, item_b, item_r) in training order."""
+        """The current epoch's items (item_a, item_b, item_r, item_c, item_d) in training order."""
         return self._ensure_plan()
 
     @property
@@ -193,7 +196,7 @@ class InterTrainBatchSampler(Sampler[list[tuple[int, int, float]]]):
             return num_items // self.batch_size
         return -(-num_items // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple]]:
+    def __iter__(self) -> Iterator[list[ItemKey]]:
         item_a, item_b, item_r, item_c, item_d = self._ensure_plan()
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, item_a.shape[0]), self.batch_size):

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from .constants import FOUR_WAY_SELECTIONS, REGION1_RULES, REGION3_RULES, THRESHOLD_AVERAGES
+from .thresholds import EMA_DECAY, ThresholdAverages  # noqa: F401 (EMA_DECAY re-exported)
 
 # Membership codes of `AmenabilityTracker.reason`.
 NOT_INTERPOLATED = 0
@@ -35,18 +36,6 @@ REGION_3 = 3
 _VALID_REGIONS = (1, 3)
 _GROUP_SIZES = (2, 4)
 _REASONS = (REGION_1, NAIVE, REGION_3)
-
-EMA_DECAY = 0.5
-"""Weight of the previous value in `threshold_average="ema"`: new = 0.5 * old + 0.5 * this epoch's class mean.
-
-Why 0.5 (docs/method.md, "Thresholds"): the thresholds judge the current epoch's losses, so they should lag
-the loss distribution by about one epoch (the mean age of the weights is 1 epoch), not by the whole run. The
-paper (Sec. 7.5, Fig. 12) finds that losses change slowly between epochs except in the first epochs and after
-a learning-rate drop, which is where a long memory hurts: pooled averages stay above the current losses for
-many epochs then. With 0.5 the epochs more than five back weigh 3 % together, so the thresholds catch up
-within two or three epochs of a drop, while one epoch's mean of a small class (the few incorrect S_noInt
-samples late in training) is still averaged with its predecessors, unlike `"last_epoch"`.
-"""
 
 ADAPTIVE_RATIO_MIN = 0.25
 """Smallest share of a constituent under the adaptive LinAvg ratio; r is clipped to [0.25, 0.75].
@@ -283,14 +272,8 @@ class AmenabilityTracker:
         self._last_loss = np.full(n, np.nan, dtype=np.float32)
         self._prev_noint_loss = np.full(n, np.nan, dtype=np.float32)
         self._quad = np.zeros(n, dtype=np.bool_)
-        # Pooled S_noInt observations of completed epochs: index 0 correct, 1 incorrect.
-        self._pooled_sum = np.zeros(2, dtype=np.float64)
-        self._pooled_count = np.zeros(2, dtype=np.int64)
-        # Per-epoch class means folded over completed epochs: index 0 correct, 1 incorrect, 2 all.
-        self._epoch_mean_sum = np.zeros(3, dtype=np.float64)
-        self._epoch_mean_count = np.zeros(3, dtype=np.int64)
-        self._ema_mean = np.full(3, np.nan, dtype=np.float64)
-        self._last_epoch_mean = np.full(3, np.nan, dtype=np.float64)
+        # S_noInt losses of completed epochs, per class, in every reading of the running average.
+        self._averages = ThresholdAverages()
         # Consecutive increases of the non-interpolated loss, and epochs left in a Region-3 period.
         self._increases = np.zeros(n, dtype=np.uint8)
         self._region3_left = np.zeros(n, dtype=np.uint8)
@@ -383,18 +366,7 @@ class AmenabilityTracker:
         return self._means(kind)[2]
 
     def _means(self, kind: str | None) -> tuple[float, float, float]:
-        kind = self.threshold_average if kind is None else kind
-        if kind == "pooled":
-            sums = (self._pooled_sum[0], self._pooled_sum[1], self._pooled_sum[0] + self._pooled_sum[1])
-            counts = (self._pooled_count[0], self._pooled_count[1], self._pooled_count[0] + self._pooled_count[1])
-            return tuple(float(s / c) if c else math.nan for s, c in zip(sums, counts))
-        if kind == "epoch_mean":
-            return tuple(float(s / c) if c else math.nan for s, c in zip(self._epoch_mean_sum, self._epoch_mean_count))
-        if kind == "ema":
-            return tuple(float(x) for x in self._ema_mean)
-        if kind == "last_epoch":
-            return tuple(float(x) for x in self._last_epoch_mean)
-        raise ValueError(f"kind must be one of {THRESHOLD_AVERAGES} or None, got {kind!r}; pass None for the configured threshold_average.")
+        return self._averages.means(self.threshold_average if kind is None else kind)
 
     def adaptive_ratio(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Adaptive LinAvg ratio r = L_a / (L_a + L_b) from the most recent recorded losses, bounded.
@@ -551,14 +523,10 @@ class AmenabilityTracker:
                 below[slot] = int(np.count_nonzero(mask & (loss < l_mid))) / total
         next_noint = next_reason == NOT_INTERPOLATED
 
-        sums, obs = np.zeros(3, dtype=np.float64), np.zeros(3, dtype=np.int64)
-        for slot, mask in ((0, noint_rec & is_correct), (1, noint_rec & ~is_correct)):
-            sums[slot] = loss[mask].sum(dtype=np.float64)
-            obs[slot] = int(np.count_nonzero(mask))
-            self._pooled_sum[slot] += sums[slot]
-            self._pooled_count[slot] += obs[slot]
-        sums[2], obs[2] = sums[0] + sums[1], obs[0] + obs[1]
-        self._fold_epoch_means(sums, obs)
+        classes = (noint_rec & is_correct, noint_rec & ~is_correct)
+        self._averages.fold(
+            [loss[mask].sum(dtype=np.float64) for mask in classes], [int(np.count_nonzero(mask)) for mask in classes]
+        )
         np.copyto(self._last_loss, loss, where=recorded)
         np.copyto(self._prev_noint_loss, loss, where=noint_rec)
 
@@ -601,18 +569,6 @@ class AmenabilityTracker:
         increases[up] = np.minimum(increases[up], _MAX_STREAK - 1) + 1
         return increases
 
-    def _fold_epoch_means(self, sums: np.ndarray, obs: np.ndarray) -> None:
-        """Fold one epoch's class means (correct, incorrect, all) into the non-pooled averages."""
-        seen = obs > 0
-        means = np.divide(sums, obs, out=np.full(3, np.nan), where=seen)
-        self._epoch_mean_sum[seen] += means[seen]
-        self._epoch_mean_count[seen] += 1
-        first = seen & np.isnan(self._ema_mean)
-        self._ema_mean[first] = means[first]
-        later = seen & ~first
-        self._ema_mean[later] = EMA_DECAY * self._ema_mean[later] + (1 - EMA_DECAY) * means[later]
-        self._last_epoch_mean[seen] = means[seen]
-
     # ----------------------------------------------------------------------------------------
     # Checkpointing
     # ----------------------------------------------------------------------------------------
@@ -639,12 +595,7 @@ class AmenabilityTracker:
             "in_four_way": self._quad.copy(),
             "last_loss": self._last_loss.copy(),
             "prev_noint_loss": self._prev_noint_loss.copy(),
-            "pooled_sum": self._pooled_sum.copy(),
-            "pooled_count": self._pooled_count.copy(),
-            "epoch_mean_sum": self._epoch_mean_sum.copy(),
-            "epoch_mean_count": self._epoch_mean_count.copy(),
-            "ema_mean": self._ema_mean.copy(),
-            "last_epoch_mean": self._last_epoch_mean.copy(),
+            **self._averages.state_dict(),
             "increases": self._increases.copy(),
             "region3_left": self._region3_left.copy(),
             "epoch_loss_sum": self._loss_sum.copy(),
@@ -710,20 +661,14 @@ class AmenabilityTracker:
         for key in per_sample:
             if np.asarray(state[key]).shape != (self.num_samples,):
                 raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected ({self.num_samples},); the checkpoint is corrupt, start a new run.")
-        for key, size in (("pooled_sum", 2), ("pooled_count", 2), ("epoch_mean_sum", 3), ("epoch_mean_count", 3), ("ema_mean", 3), ("last_epoch_mean", 3)):
-            if np.asarray(state[key]).shape != (size,):
-                raise ValueError(f"tracker state {key!r} has shape {np.asarray(state[key]).shape}, expected ({size},); the checkpoint is corrupt, start a new run.")
+        averages = ThresholdAverages()
+        averages.load_state_dict(state)
         self.epoch = int(np.asarray(state["epoch"]).reshape(-1)[0])
         self._reason = np.array(state["reason"], dtype=np.int8)
         self._quad = np.array(state["in_four_way"], dtype=np.bool_) & (self._reason != NOT_INTERPOLATED)
         self._last_loss = np.array(state["last_loss"], dtype=np.float32)
         self._prev_noint_loss = np.array(state["prev_noint_loss"], dtype=np.float32)
-        self._pooled_sum = np.array(state["pooled_sum"], dtype=np.float64)
-        self._pooled_count = np.array(state["pooled_count"], dtype=np.int64)
-        self._epoch_mean_sum = np.array(state["epoch_mean_sum"], dtype=np.float64)
-        self._epoch_mean_count = np.array(state["epoch_mean_count"], dtype=np.int64)
-        self._ema_mean = np.array(state["ema_mean"], dtype=np.float64)
-        self._last_epoch_mean = np.array(state["last_epoch_mean"], dtype=np.float64)
+        self._averages = averages
         self._increases = np.array(state["increases"], dtype=np.uint8)
         self._region3_left = np.array(state["region3_left"], dtype=np.uint8) * (self._reason == REGION_3)
         self._loss_sum = np.array(state["epoch_loss_sum"], dtype=np.float32)

@@ -364,7 +364,7 @@ def run_sweep(
         length: run_comparison(model_args, data_args, args, variants, train, seeds)
         for length, args in per_length.items()
     }
-    sweep = summarize_sweep(comparisons, variants, seeds)
+    sweep = summarize_sweep(comparisons, variants, seeds, matched_variant(variants))
     if training_args.process_index == 0:
         with open(os.path.join(training_args.output_dir, SWEEP_JSON), "w") as f:
             json.dump(sweep, f, indent=2)

@@ -313,11 +313,12 @@ def _seeds_text(seeds: list[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(str(seed) for seed in seeds)} (mean ± std)"
 
 
-def summarize_sweep(comparisons: dict[int, dict[str, Any]], variants: list[str], seeds: list[int]) -> dict[str, Any]:
+def summarize_sweep(
+    comparisons: dict[int, dict[str, Any]], variants: list[str], seeds: list[int], matched: str | None = None
+) -> dict[str, Any]:
     """sweep.json: per schedule length, each variant's mean/std top-1, mean seconds and optimizer steps (and each
     seed's), plus `intertrain_minus_budget` (the matched run's mean top-1 minus the budget's) when budget ran."""
     first = next(iter(comparisons.values()))
-    matched = matched_variant(variants)
     by_length = {}
     for length, comparison in comparisons.items():
         runs = {

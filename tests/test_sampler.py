@@ -302,7 +302,7 @@ def test_unmarked_four_way_tracker_draws_the_pair_only_plan():
         pairs_only.set_epoch(epoch)
         four_way.set_epoch(epoch)
         assert list(four_way) == list(pairs_only)
-        assert four_way.num_quads == 0
+        assert four_way.num_four_way == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -316,7 +316,9 @@ class InterTrainTrainer(Trainer):
             torch.cuda.synchronize()
         plan = PlanCounts.of(self.intertrain_sampler)  # before the tracker decides, which re-plans the sampler
         if self.args.max_steps > 0:  # the run may stop mid-epoch: count what it trained
-            plan = plan.trained(self._steps_done_in_epoch(), self._items_per_update_step())
+            args = self.args
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+            plan = plan.trained(self._steps_done_in_epoch(), per_step)
         summary, nonfinite = self.recorder.close_epoch(self.accelerator)
         seconds = time.perf_counter() - self._epoch_started_at  # planning and the decisions count, as in the paper
         stats = epoch_statistics(summary, plan, nonfinite, seconds, four_way=self.args.four_way != "none")
@@ -327,18 +329,14 @@ class InterTrainTrainer(Trainer):
             self._rng_state_to_restore = None
 
     def _steps_done_in_epoch(self) -> int:
-        epoch = self.tracker.epoch
-        return self.state.global_step - sum(self._epoch_update_steps[:epoch])
-
-    def _items_per_update_step(self) -> int:
-        args = self.args
-        return args.per_device_train_batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+        """Optimizer steps of the tracker's current epoch trained so far (the same on every process)."""
+        return self.state.global_step - sum(self._epoch_update_steps[: self.tracker.epoch])
 
     # ----------------------------------------------------------------------------------------------------------
     # Checkpoints (see `checkpoint.py`)
     def _at_epoch_boundary(self) -> bool:
-        """No step of the tracker's current epoch trained yet (the same answer on every process)."""
-        return self.state.global_step == sum(self._epoch_update_steps[: self.tracker.epoch])
+        """No step of the tracker's current epoch trained yet."""
+        return self._steps_done_in_epoch() == 0
 
     def _save_checkpoint(self, model, trial) -> None:
         """InterTrain's state, then the parent's checkpoint: a checkpoint with the Trainer's state

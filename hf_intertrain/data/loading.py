@@ -221,15 +221,17 @@ def local_cache_dir(dataset_name: str) -> str | None:
     return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_intertrain_local", key)
 
 
+def _given_column(columns: list[str], column: str, flag: str) -> str:
+    """A column the user named, refused in one line when the dataset lacks it."""
+    if column not in columns:
+        raise DataError(f"{flag} '{column}' is not a column of the dataset (columns found: {columns}); pass one of them")
+    return column
+
+
 def _resolve_image_column(split: datasets.Dataset, image_column: str | None) -> str:
     columns = split.column_names
     if image_column is not None:
-        if image_column not in columns:
-            raise DataError(
-                f"--image_column '{image_column}' is not a column of the dataset (columns found: {columns}); pass one "
-                "of them"
-            )
-        return image_column
+        return _given_column(columns, image_column, "--image_column")
     image_columns = [name for name, feature in split.features.items() if isinstance(feature, datasets.Image)]
     if len(image_columns) == 1:
         return image_columns[0]
@@ -244,11 +246,7 @@ def _resolve_image_column(split: datasets.Dataset, image_column: str | None) -> 
 def _resolve_label_column(split: datasets.Dataset, label_column: str | None) -> str:
     columns = split.column_names
     if label_column is not None:
-        if label_column not in columns:
-            raise DataError(
-                f"--label_column '{label_column}' is not a column of the dataset (columns found: {columns}); pass one "
-                "of them"
-            )
+        _given_column(columns, label_column, "--label_column")
         _check_label_feature(split.features[label_column], label_column)
         return label_column
     class_columns = [name for name, feature in split.features.items() if isinstance(feature, datasets.ClassLabel)]

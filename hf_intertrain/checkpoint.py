@@ -37,6 +37,7 @@ RESUME_SETTINGS: tuple[str, ...] = (
     "random_subset_sizes",
     "infobatch_prune_probability",
     "infobatch_full_data_fraction",
+    "composite_loss_weight",
 )
 """The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
 settings (the model card shows these too). A checkpoint made before a field was appended still loads."""

@@ -35,6 +35,8 @@ Variants (`VARIANTS`; each sets `InterTrainArguments` fields on top of the run's
   `threshold_last_epoch` (other readings of the running average of eq. 4); `threshold_accuracy`,
   `threshold_avg_loss`, `region3_lincorr` (Table 3's rows), `region3_only` (Fig. 13(b)), `region3_k2` (k = 2,
   Fig. 8(b)) and `skip_region3` (Region 3 skipped while Region 1 is interpolated, Table 4).
+- `composite_weight2`: InterTrain with each pair weighing twice a single in the batch loss
+  (`composite_loss_weight=2`, docs/method.md, "Loss").
 
 Budget-matched baseline and peer methods (docs/method.md, "Peer methods and budget-matched baselines"). A user
 who wants a shorter run can simply train fewer steps with the schedule fitted to them; InterTrain has to beat that.
@@ -118,6 +120,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "region3_only": {"amenability_regions": "3", **_PAIRS},
     "region3_k2": {"region3_increases": 2, "region3_epochs": 2, **_PAIRS},
     "skip_region3": {"amenable_action": "skip_region3", **_PAIRS},
+    "composite_weight2": {"composite_loss_weight": 2.0, **_PAIRS},
 }
 MATCHED_VARIANTS = ("budget", "random_subset")
 """Variants sized from the matched run (the invocation's first interpolating variant), seed by seed."""
@@ -243,7 +246,7 @@ def run_fingerprint(model_args: ModelArguments, data_args: DataArguments, args: 
 
 def load_finished(run_dir: str, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> RunReport | None:
     """The finished run in `run_dir` if it has this fingerprint; None if there is none; a ValueError if it has
-    another (keys in `ignore` are not compared)."""
+    another (keys in `ignore` are not compared; a setting added after the run was made counts as its default)."""
     path = os.path.join(run_dir, RUN_REPORT_NAME)
     if not os.path.isfile(path):
         return None
@@ -258,11 +261,15 @@ def load_finished(run_dir: str, fingerprint: dict[str, Any], ignore: tuple[str, 
             f"{run_dir} holds a finished run without recorded settings (not written by compare): "
             "pick another --output_dir"
         )
-    differences = [key for key in fingerprint if key not in ignore and saved.get(key) != fingerprint[key]]
+    defaults = {f.name: f.default for f in dataclasses.fields(InterTrainArguments)}
+    differences = [
+        key for key in fingerprint if key not in ignore and saved.get(key, defaults.get(key)) != fingerprint[key]
+    ]
     if differences:
         key = differences[0]
         raise ValueError(
-            f"{run_dir} holds a finished run with other settings ({key}={saved.get(key)!r}, now {fingerprint[key]!r}): "
+            f"{run_dir} holds a finished run with other settings ({key}={saved.get(key, defaults.get(key))!r}, "
+            f"now {fingerprint[key]!r}): "
             "pick another --output_dir"
         )
     return RunReport.from_dict(data)

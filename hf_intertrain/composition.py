@@ -194,6 +194,16 @@ def slot_logits(composed: ComposedBatch, model: nn.Module, logits_fn: Callable[[
     return [full, full[: composed.num_groups]][: len(composed.shares)]
 
 
+def composite_weights(composed: ComposedBatch, factor: float) -> Tensor | None:
+    """Per-item loss weights giving each composite item (pair or 4-way composite) `factor` times a single's weight
+    (docs/method.md, "Loss"); None when `factor` is 1 or the batch has no composite."""
+    if factor == 1.0 or composed.num_groups == 0:
+        return None
+    weights = torch.ones(composed.batch_size, device=composed.pixel_values.device, dtype=torch.float32)
+    weights[: composed.num_groups] = factor
+    return weights
+
+
 def constituent_losses(
     slot_logits: list[Tensor],
     inputs: dict[str, Tensor],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,14 @@ class InterTrainArguments(TrainingArguments):
     region3_epochs: int = field(
         default=1,
         metadata={"help": "Epochs a Region-3 sample stays interpolated (or skipped) once admitted (paper Sec. 7.8)."},
+    )
+    composite_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Factor on the loss of an item with several constituents (a pair or a 4-way composite) against a "
+            "single's (docs/method.md, 'Loss'). 1 (the paper): a pair weighs as one item, each constituent by its "
+            "share; 2: each constituent of a pair weighs as much as a single sample."
+        },
     )
     amenable_action: str = field(
         default="interpolate",
@@ -254,6 +263,10 @@ class InterTrainArguments(TrainingArguments):
         for name in ("region3_increases", "region3_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (the method uses 1)")
+        if not (math.isfinite(self.composite_loss_weight) and self.composite_loss_weight > 0):
+            raise ValueError(
+                f"composite_loss_weight={self.composite_loss_weight} must be a positive number (default 1, the paper)"
+            )
         if not self.use_cpu and launched_on_cpu():
             self.use_cpu = True
         super().__post_init__()

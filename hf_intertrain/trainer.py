@@ -36,7 +36,15 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .checkpoint import intertrain_settings, load_state, plan_layout, save_state, steps_done_in_epoch
-from .composition import MaskSeeder, check_composable, compose_batch, constituent_losses, draws_masks, slot_logits
+from .composition import (
+    MaskSeeder,
+    check_composable,
+    compose_batch,
+    composite_weights,
+    constituent_losses,
+    draws_masks,
+    slot_logits,
+)
 from .config import InterTrainArguments
 from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
 from .hub import image_size_of, make_loadable, resolve_repo_id
@@ -235,7 +243,11 @@ class InterTrainTrainer(Trainer):
             patch_ratio=args.patch_ratio, split=self.feature_layout is not None, generator=generator,
         )
         logits = slot_logits(composed, model, lambda pixel_values: self._logits(model, pixel_values))
-        loss, records = constituent_losses(logits, inputs, composed.shares, self._loss_weight(inputs))
+        loss_weight = self._loss_weight(inputs)
+        weights = composite_weights(composed, args.composite_loss_weight)
+        if weights is not None:
+            loss_weight = weights if loss_weight is None else loss_weight * weights
+        loss, records = constituent_losses(logits, inputs, composed.shares, loss_weight)
         self.recorder.add(records)
         return (loss, {"logits": logits[0]}) if return_outputs else loss
 

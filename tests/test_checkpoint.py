@@ -42,6 +42,7 @@ OTHER_VALUES = {
     "random_subset_sizes": "5,5",
     "infobatch_prune_probability": 0.3,
     "infobatch_full_data_fraction": 0.25,
+    "composite_loss_weight": 2.0,
 }
 # Settings whose other value needs another configuration in both runs (peer methods train without interpolation).
 SHARED_OVERRIDES = {"data_selection": {"interpolation": "none"}}

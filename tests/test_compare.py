@@ -472,6 +472,22 @@ def test_a_finished_run_with_other_settings_is_refused_before_anything_trains(tm
     assert fake.calls == []
 
 
+def test_a_run_made_before_a_setting_existed_is_reused_at_its_default_and_refused_otherwise(tmp_path, no_plots):
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline", "intertrain"], FakeTrain())
+    report = tmp_path / "intertrain" / RUN_REPORT_NAME
+    data = json.loads(report.read_text())
+    del data["fingerprint"]["composite_loss_weight"]
+    report.write_text(json.dumps(data))
+    fake = FakeTrain()
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline", "intertrain"], fake)
+    assert fake.calls == []
+    with pytest.raises(ValueError, match=r"composite_loss_weight=1.0, now 2.0"):
+        run_comparison(
+            ModelArguments(), DataArguments(), training_args(tmp_path, composite_loss_weight=2.0),
+            ["baseline", "intertrain"], FakeTrain(),
+        )
+
+
 def test_sweep_refuses_a_stale_run_at_a_later_length_before_training(tmp_path, no_plots):
     run_comparison(
         ModelArguments(), DataArguments(), training_args(tmp_path / "epochs-3", num_train_epochs=3, learning_rate=1e-3),

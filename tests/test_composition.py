@@ -11,6 +11,7 @@ from hf_intertrain.composition import (
     MaskSeeder,
     check_composable,
     compose_batch,
+    composite_weights,
     constituent_losses,
     draws_masks,
     slot_logits,
@@ -196,6 +197,17 @@ def test_loss_weight_scales_each_item_loss_exactly_and_leaves_records_alone():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="one weight per item"):
         constituent_losses(logits, inputs, composed.shares, torch.ones(3))
+
+
+@pytest.mark.parametrize("four_way, rows", [("none", (5, 3)), ("randpatch4", (6, 4, 2))])
+def test_composite_weights_weigh_every_composite_item_and_no_single(four_way, rows):
+    composed = _compose(_inputs(*rows), four_way)
+    assert composite_weights(composed, 1.0) is None
+    weights = composite_weights(composed, 2.0)
+    groups = composed.num_groups
+    assert groups == rows[1] and weights.dtype == torch.float32
+    assert weights[:groups].tolist() == [2.0] * groups and weights[groups:].tolist() == [1.0] * (rows[0] - groups)
+    assert composite_weights(_compose(_inputs(3)), 2.0) is None
 
 
 def test_slot_logits_without_split_reuse_the_whole_inputs_logits_for_slot_b():

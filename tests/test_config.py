@@ -24,6 +24,8 @@ def test_random_subset_sizes_are_parsed(tmp_path):
         ({"interpolation": "none", "data_selection": "random_subset", "random_subset_sizes": "10,x"}, "whole numbers"),
         ({"interpolation": "none", "data_selection": "infobatch", "infobatch_prune_probability": 0.0}, "strictly between"),
         ({"interpolation": "none", "data_selection": "infobatch", "infobatch_full_data_fraction": -0.1}, r"in \[0, 1\]"),
+        ({"composite_loss_weight": 0.0}, "composite_loss_weight=0.0 must be a positive number"),
+        ({"composite_loss_weight": float("nan")}, "composite_loss_weight=nan must be a positive number"),
     ],
 )
 def test_bad_peer_settings_fail_with_one_line(tmp_path, overrides, match):

@@ -257,3 +257,23 @@ def test_budget_run_stopped_mid_epoch_counts_only_the_items_it_trained(tmp_path,
     assert trainer.state.global_step == 8
     assert _epoch_items(trainer) == [96, 32]
     assert trainer.intertrain_history[1]["intertrain/skipped"] == 64
+
+
+def test_composite_loss_weight_reaches_every_pair_of_the_batch_loss(tmp_path, tiny_train_dataset, monkeypatch):
+    import hf_intertrain.trainer as trainer_module
+
+    seen = []
+    original = trainer_module.constituent_losses
+
+    def recording(logits, inputs, shares, loss_weight=None):
+        pairs = shares[1].shape[0] if len(shares) > 1 else 0
+        seen.append((pairs, None if loss_weight is None else loss_weight.tolist()))
+        return original(logits, inputs, shares, loss_weight)
+
+    monkeypatch.setattr(trainer_module, "constituent_losses", recording)
+    args = _args(tmp_path, num_train_epochs=4, composite_loss_weight=2.0)
+    InterTrainTrainer(model=make_model(output_stride=16), args=args, train_dataset=tiny_train_dataset).train()
+    with_pairs = [(pairs, weight) for pairs, weight in seen if pairs]
+    assert with_pairs and all(weight is None for pairs, weight in seen if not pairs)
+    for pairs, weight in with_pairs:
+        assert weight[:pairs] == [2.0] * pairs and weight[pairs:] == [1.0] * (len(weight) - pairs)

@@ -38,9 +38,26 @@ RESUME_SETTINGS: tuple[str, ...] = (
     "infobatch_prune_probability",
     "infobatch_full_data_fraction",
     "composite_loss_weight",
+    "data_pipeline",
 )
 """The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
-settings (the model card shows these too). A checkpoint made before a field was appended still loads."""
+settings (the model card shows these too). A checkpoint made before a field was appended still loads, compared
+as `SETTINGS_BEFORE_RECORDED` says where that applies. `data_pipeline` is among them because the two pipelines draw
+different augmentations; the trainer stores the resolved value ('workers' or 'device'), never 'auto'."""
+
+SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"data_pipeline": "workers"}
+"""The value a setting had in checkpoints and runs made before it was recorded, where that is not simply unknown:
+every run before `data_pipeline` existed used the workers path."""
+
+
+def saved_setting(checkpoint_dir: str | os.PathLike, name: str) -> Any:
+    """A setting as a checkpoint recorded it (`SETTINGS_BEFORE_RECORDED` for an older one; None when unknown)."""
+    try:
+        with open(os.path.join(checkpoint_dir, INTERTRAIN_META_NAME)) as f:
+            settings = json.load(f).get("settings", {})
+    except (OSError, ValueError):
+        return None
+    return settings.get(name, SETTINGS_BEFORE_RECORDED.get(name))
 
 
 def _stored_value(args: Any, name: str) -> Any:
@@ -100,7 +117,7 @@ def load_state(
         meta = json.load(f)
     refuse_differences(
         checkpoint_dir,
-        meta["settings"],
+        {**SETTINGS_BEFORE_RECORDED, **meta["settings"]},
         settings,
         "resume with the same dataset and InterTrain settings, or start a new output_dir",
     )

@@ -3,12 +3,14 @@
     hf-intertrain train         [--config recipe.yaml] [--any_field value ...]
     hf-intertrain compare       [--config recipe.yaml] [--variants baseline,intertrain] [--any_field value ...]
     hf-intertrain bench-sampler [--num_samples 1281167] [--epochs 3] [--seed 0]
+    hf-intertrain bench-loader  [--data_pipeline device] [--batch_size 64] [--batches 50] [--with_model resnet18]
 
 Arguments go through `HfArgumentParser` (every `TrainingArguments` field is a flag); `--config` loads a YAML
 recipe whose keys are the same field names, and flags on the command line override it. Without `--config`
 the packaged default recipe runs: the embedded CIFAR-10 sample on CPU in a few minutes (a `--model_name` other than
 its own drops its `model_kwargs`, which suit its model only). `bench-sampler` times
-InterTrain's per-epoch bookkeeping at dataset scale (`bench.py`) and prints one JSON line.
+InterTrain's per-epoch bookkeeping at dataset scale and `bench-loader` the input path of either data pipeline
+(`bench.py`); each prints one JSON line.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ COMMANDS = {
     "train": "train one model (InterTrain, or the baseline with --interpolation none)",
     "compare": "train the baseline and InterTrain with the same seeds and settings; write comparison.json/.png",
     "bench-sampler": "time the tracker's end-of-epoch decision and the next epoch's plan on simulated losses",
+    "bench-loader": "time the input path (plan, fetch, augment, normalise on the device) of --data_pipeline",
 }
 
 
@@ -85,11 +88,13 @@ def load_recipe(path: str | os.PathLike) -> dict:
 
 def parse_args(command: str, argv: list[str]) -> tuple:
     """(ModelArguments, DataArguments, InterTrainArguments[, CompareArguments]) from a recipe and the flags;
-    `(BenchSamplerArguments,)` for bench-sampler, which takes flags only."""
-    if command == "bench-sampler":
-        from .bench import BenchSamplerArguments
+    `(BenchSamplerArguments,)` for bench-sampler and `(BenchLoaderArguments,)` for bench-loader, which take flags
+    only."""
+    if command in ("bench-sampler", "bench-loader"):
+        from .bench import BenchLoaderArguments, BenchSamplerArguments
 
-        parser = HfArgumentParser(BenchSamplerArguments, prog=f"hf-intertrain {command}", description=COMMANDS[command])
+        bench_type = BenchSamplerArguments if command == "bench-sampler" else BenchLoaderArguments
+        parser = HfArgumentParser(bench_type, prog=f"hf-intertrain {command}", description=COMMANDS[command])
         return tuple(parser.parse_args_into_dataclasses(args=argv))
     types = [ModelArguments, DataArguments, InterTrainArguments] + ([CompareArguments] if command == "compare" else [])
     parser = HfArgumentParser(types, prog=f"hf-intertrain {command}", description=COMMANDS[command])
@@ -140,7 +145,7 @@ def accept_json_strings(parser: argparse.ArgumentParser) -> None:
 
 
 def usage() -> str:
-    lines = ["usage: hf-intertrain {train,compare,bench-sampler} [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
+    lines = ["usage: hf-intertrain {" + ",".join(COMMANDS) + "} [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
     lines += [f"  {name:<13} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`hf-intertrain COMMAND --help` lists every field (model, data, InterTrain and TrainingArguments)."]
     return "\n".join(lines)
@@ -166,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import run_bench_sampler
 
             run_bench_sampler(*parsed)
+        elif command == "bench-loader":
+            from .bench import run_bench_loader
+
+            run_bench_loader(*parsed)
         else:
             from .compare import parse_lengths, parse_seeds, parse_variants, run_comparison, run_sweep
 

@@ -56,6 +56,10 @@ Seeds: every variant runs with each seed of `seeds` (default: the run's own `see
 one seed and `output_dir/NAME/seed-S` for several. Single-seed top-1 moves by about a point between seeds, so a
 difference smaller than the spread over seeds is not a result.
 
+Input path: `data_pipeline` applies to every variant alike; `auto` is resolved once, before anything trains
+(`with_resolved_pipeline`), and the fingerprint records the resolved value (runs made before it was recorded count
+as `workers`, the only path there was).
+
 Resume: a run whose folder already holds a finished `intertrain_run.json` with the same `fingerprint` (settings
 that decide the result) is loaded instead of trained again; one with another fingerprint is refused, never
 overwritten. `run_sweep` builds on this: it runs the comparison at several schedule lengths (`epochs-E/`) and
@@ -70,6 +74,7 @@ import json
 import os
 from typing import Any, Callable
 
+from .checkpoint import SETTINGS_BEFORE_RECORDED
 from .config import DataArguments, InterTrainArguments, ModelArguments
 from .compare_report import (
     SETTINGS,
@@ -80,7 +85,7 @@ from .compare_report import (
     summarize,
     summarize_sweep,
 )
-from .run import RUN_REPORT_NAME, RunReport, run_training
+from .run import RUN_REPORT_NAME, RunReport, resolve_data_pipeline, run_training
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_PNG = "comparison.png"
@@ -261,7 +266,7 @@ def load_finished(run_dir: str, fingerprint: dict[str, Any], ignore: tuple[str, 
             f"{run_dir} holds a finished run without recorded settings (not written by compare): "
             "pick another --output_dir"
         )
-    defaults = {f.name: f.default for f in dataclasses.fields(InterTrainArguments)}
+    defaults = {f.name: f.default for f in dataclasses.fields(InterTrainArguments)} | SETTINGS_BEFORE_RECORDED
     differences = [
         key for key in fingerprint if key not in ignore and saved.get(key, defaults.get(key)) != fingerprint[key]
     ]
@@ -292,6 +297,20 @@ def check_reusable(
             load_finished(args.output_dir, run_fingerprint(model_args, data_args, args), ignore)
 
 
+def with_resolved_pipeline(
+    data_args: DataArguments,
+    training_args: InterTrainArguments,
+    resolve_pipeline: Callable[[DataArguments, InterTrainArguments], str],
+) -> InterTrainArguments:
+    """`training_args` with `data_pipeline="auto"` replaced by what it resolves to for this dataset and device."""
+    if training_args.data_pipeline != "auto":
+        return training_args
+    pipeline = resolve_pipeline(data_args, training_args)
+    if training_args.process_index == 0:
+        print(f"compare: data_pipeline auto -> {pipeline}, for every run")
+    return dataclasses.replace(training_args, data_pipeline=pipeline)
+
+
 def run_comparison(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -299,12 +318,15 @@ def run_comparison(
     variants: list[str],
     train: Callable[[ModelArguments, DataArguments, InterTrainArguments], RunReport] = run_training,
     seeds: list[int] | None = None,
+    resolve_pipeline: Callable[[DataArguments, InterTrainArguments], str] = resolve_data_pipeline,
 ) -> dict[str, Any]:
     """Train every variant with every seed (seed by seed, in the order of `variants`), reusing finished runs with
-    the same settings, then write and return the comparison."""
+    the same settings, then write and return the comparison. `data_pipeline="auto"` is resolved once first
+    (`resolve_pipeline`), so every variant, the baseline included, takes the same input path and records it."""
     variants = parse_variants(",".join(variants))
     seeds = list(seeds or [training_args.seed])
     main_process = training_args.process_index == 0
+    training_args = with_resolved_pipeline(data_args, training_args, resolve_pipeline)
     check_reusable(model_args, data_args, training_args, variants, seeds)
     matched_name = matched_variant(variants)
     reports: dict[str, dict[int, RunReport]] = {name: {} for name in variants}
@@ -349,6 +371,7 @@ def run_sweep(
     lengths: list[int],
     train: Callable[[ModelArguments, DataArguments, InterTrainArguments], RunReport] = run_training,
     seeds: list[int] | None = None,
+    resolve_pipeline: Callable[[DataArguments, InterTrainArguments], str] = resolve_data_pipeline,
 ) -> dict[str, Any]:
     """The comparison at each schedule length (`num_train_epochs` = E, into `output_dir/epochs-E/`), then
     `sweep.json` and `sweep.png`: whether InterTrain's advantage over the budget-matched baseline holds as
@@ -357,6 +380,7 @@ def run_sweep(
     if training_args.max_steps > 0:
         raise ValueError("--epochs_sweep sets num_train_epochs per length: leave --max_steps unset")
     seeds = list(seeds or [training_args.seed])
+    training_args = with_resolved_pipeline(data_args, training_args, resolve_pipeline)
     per_length = {
         length: dataclasses.replace(
             training_args,
@@ -368,7 +392,7 @@ def run_sweep(
     for args in per_length.values():
         check_reusable(model_args, data_args, args, variants, seeds)
     comparisons = {
-        length: run_comparison(model_args, data_args, args, variants, train, seeds)
+        length: run_comparison(model_args, data_args, args, variants, train, seeds, resolve_pipeline)
         for length, args in per_length.items()
     }
     sweep = summarize_sweep(comparisons, variants, seeds, matched_variant(variants))

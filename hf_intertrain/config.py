@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 
 from .constants import (
     AMENABLE_ACTIONS,
+    DATA_PIPELINES,
     DATA_SELECTIONS,
     EMBEDDED_DATASET,
     FOUR_WAY_COMPOSITES,
@@ -190,6 +191,20 @@ class InterTrainArguments(TrainingArguments):
         metadata={"help": "infobatch: the final fraction of the epochs trains on every sample (InfoBatch's annealing)."},
     )
 
+    # Input pipeline
+    data_pipeline: str = field(
+        default="auto",
+        metadata={
+            "help": "Where training and eval images are decoded and augmented: 'workers' (per image in the DataLoader "
+            "workers, with PIL), 'device' (the loader carries row keys; images are decoded once into a uint8 cache "
+            "beside the dataset's cache, or, when it does not fit, decoded per batch on the training device, then "
+            "augmented and normalised in batches there) or 'auto' ('device' when the decoded splits fit the cache "
+            "budget, else 'workers'). Checkpoints store the resolved value; a resumed 'auto' run follows its "
+            "checkpoint. Same augmentation distributions either way, not the same draws (docs/method.md).",
+            "choices": list(DATA_PIPELINES),
+        },
+    )
+
     # Defaults that differ from TrainingArguments
     output_dir: str | None = field(
         default="intertrain_output", metadata={"help": "Where checkpoints, the final model and reports are written."}
@@ -233,6 +248,10 @@ class InterTrainArguments(TrainingArguments):
                 f"four_way={self.four_way!r} needs interpolation randpatch, split_propagation, selective_interpolation "
                 "and amenable_action interpolate (its constituents are told apart by split propagation and chosen by "
                 "the amenability records): change those or set four_way none"
+            )
+        if self.data_pipeline not in DATA_PIPELINES:
+            raise ValueError(
+                f"data_pipeline={self.data_pipeline!r} is not supported: use one of {', '.join(DATA_PIPELINES)}"
             )
         if self.four_way_selection not in FOUR_WAY_SELECTIONS:
             raise ValueError(

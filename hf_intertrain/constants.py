@@ -43,3 +43,7 @@ running average loss of all S_noInt samples (the paper's Table 3 ablations)."""
 
 REGION3_RULES: tuple[str, ...] = ("increase", "l_incorr")
 """What admits a Region 3 sample: loss above L_incorr that increased (the method), or above L_incorr alone (ablation)."""
+
+DATA_PIPELINES: tuple[str, ...] = ("auto", "workers", "device")
+"""Where images are decoded and augmented: per image in the DataLoader workers, or in batches on the training
+device from a decoded uint8 cache or the encoded files (`data/device.py`); `auto` picks by the cache budget."""

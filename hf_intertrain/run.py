@@ -19,7 +19,15 @@ from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
 from .config import DataArguments, InterTrainArguments, ModelArguments
 from .constants import SMALL_IMAGE_MAX_SIZE
-from .data import ImageClassificationData, ImageClassificationDataset, build_transforms, load_image_classification_data
+from .checkpoint import saved_setting
+from .data import (
+    ImageClassificationData,
+    ImageClassificationDataset,
+    build_device_datasets,
+    build_transforms,
+    choose_data_pipeline,
+    load_image_classification_data,
+)
 from .launch import check_processes_share_work
 from .metrics import build_compute_metrics
 from .split import feature_grid
@@ -99,9 +107,29 @@ def resolve_image_size(data_args: DataArguments, data: ImageClassificationData, 
     return int(timm.data.resolve_data_config({}, model=model.timm_model)["input_size"][-1])
 
 
-def build_datasets(data: ImageClassificationData, model, image_size: int):
-    """Train and eval datasets with the model's normalisation and the standard augmentation."""
+def build_datasets(
+    data: ImageClassificationData, model, image_size: int, data_pipeline: str = "workers", device=None
+):
+    """Train and eval datasets with the model's normalisation and the standard augmentation, served by the input
+    pipeline `data_pipeline` (`auto` resolved here, see `data/device.py`, `choose_data_pipeline`)."""
     data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+    return build_split_datasets(data, data_config, image_size, data_pipeline, device)
+
+
+def build_split_datasets(
+    data: ImageClassificationData, data_config: dict, image_size: int, data_pipeline: str = "workers", device=None
+):
+    """`build_datasets` from a timm data config (mean, std, interpolation, crop_pct) instead of a model.
+
+    `workers`: `ImageClassificationDataset`s, each image decoded and augmented in the loader workers. `device`:
+    `DeviceImageDataset`s, augmented on the training device by the trainer, from each split's decoded cache when the
+    splits fit the cache budget, else from their encoded files. `auto`: `device` when the cache applies, else
+    `workers` (docs/method.md, "Choices where the paper is silent").
+    """
+    pipeline = choose_data_pipeline(data_pipeline, data, device)
+    if pipeline == "device":
+        cache = True if data_pipeline == "auto" else None  # auto chose it because the cache fits
+        return build_device_datasets(data, data_config, image_size, device, cache=cache)
     train = ImageClassificationDataset(
         data.train,
         build_transforms(data_config, image_size, is_training=True),
@@ -119,13 +147,9 @@ def build_datasets(data: ImageClassificationData, model, image_size: int):
     return train, eval_dataset
 
 
-def run_training(
-    model_args: ModelArguments, data_args: DataArguments, training_args: InterTrainArguments
-) -> RunReport:
-    """Train one model as configured, save it, evaluate it, and write `intertrain_run.json` in `output_dir`."""
-    check_processes_share_work(training_args.world_size)
-    transformers.set_seed(training_args.seed)
-    data = load_image_classification_data(
+def load_data(data_args: DataArguments, verify_images: str | None = None) -> ImageClassificationData:
+    """The dataset `data_args` names, checked (`load_image_classification_data`)."""
+    return load_image_classification_data(
         data_args.dataset_name,
         dataset_config=data_args.dataset_config,
         train_split=data_args.train_split,
@@ -134,13 +158,38 @@ def run_training(
         label_column=data_args.label_column,
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
-        verify_images=data_args.verify_images,
+        verify_images=verify_images or data_args.verify_images,
     )
+
+
+def resolve_data_pipeline(data_args: DataArguments, training_args: InterTrainArguments) -> str:
+    """`--data_pipeline` with `auto` resolved for this dataset and device (its cache is built on the way), for runs
+    that must all take the same path: `compare` resolves it once for every variant."""
+    if training_args.data_pipeline != "auto":
+        return training_args.data_pipeline
+    return choose_data_pipeline("auto", load_data(data_args, verify_images="none"), training_args.device)
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: InterTrainArguments
+) -> RunReport:
+    """Train one model as configured, save it, evaluate it, and write `intertrain_run.json` in `output_dir`."""
+    check_processes_share_work(training_args.world_size)
+    transformers.set_seed(training_args.seed)
+    data = load_data(data_args)
     model = build_model(model_args, data.label_names)
     image_size = resolve_image_size(data_args, data, model)
     if training_args.process_index == 0:
         print(model_settings_line(model_args, model, image_size), flush=True)
-    train_dataset, eval_dataset = build_datasets(data, model, image_size)
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
+    pipeline = training_args.data_pipeline
+    if pipeline == "auto" and resume is not None:
+        pipeline = saved_setting(resume, "data_pipeline") or pipeline  # the resumed run's own input path
+    train_dataset, eval_dataset = build_datasets(data, model, image_size, pipeline, training_args.device)
     if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
         logger.warning("The dataset has no evaluation split: training without evaluation.")
         training_args.eval_strategy = IntervalStrategy.NO
@@ -153,11 +202,6 @@ def run_training(
         eval_dataset=eval_dataset,
         compute_metrics=build_compute_metrics() if eval_dataset is not None else None,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
     train_result = trainer.train(resume_from_checkpoint=resume)
     # Before save_model: with --push_to_hub it uploads, and its card reuses this dataset and base model.
     trainer.create_model_card(

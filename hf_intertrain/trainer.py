@@ -6,11 +6,12 @@ tracker turns losses into decisions, the `InterTrainBatchSampler` turns decision
 `checkpoint` writes InterTrain's state and refuses a checkpoint a run cannot continue. This class wires them into
 the Trainer's own loop, logging, checkpoints and distributed launch.
 
-Maintenance note: besides the public hooks (`get_train_dataloader`, `compute_loss`, `create_scheduler`,
-`create_model_card`), four private Trainer methods are overridden, each calling the parent unchanged: `_run_epoch`
+Maintenance note: besides the public hooks (`get_train_dataloader`, `compute_loss`, `floating_point_ops`,
+`create_scheduler`, `create_model_card`), five private Trainer methods are overridden, each calling the parent unchanged: `_run_epoch`
 (re-plans the epoch and passes its real length on, as transformers fixes it from the first dataloader),
 `_init_training_state` (maps a resumed global step to (epoch, step) through the recorded epoch lengths),
-`_save_checkpoint` (adds InterTrain's state) and `_save` (makes the folder loadable by timm). An `on_epoch_end`
+`_save_checkpoint` (adds InterTrain's state), `_save` (makes the folder loadable by timm) and `_prepare_inputs`
+(makes the device pipeline's pixels; `training_step` and `prediction_step` both call it). An `on_epoch_end`
 callback closes the epoch before the parent's `_maybe_log_save_evaluate` (see `_EpochBoundary`).
 Mid-epoch resume relies on the parent's `_run_epoch` skipping `steps_trained_in_current_epoch` batches with
 accelerate's `skip_first_batches` (the skipped batches are not fetched) and restoring the RNG states after the
@@ -47,6 +48,7 @@ from .composition import (
 )
 from .config import InterTrainArguments
 from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
+from .data.device import DeviceImageDataset, dataset_pipeline, materialize_pixels, prefers_channels_last
 from .hub import image_size_of, make_loadable, resolve_repo_id
 from .model_card import card_facts, card_inputs, write_model_card
 from .records import LossRecorder, PlanCounts, epoch_statistics
@@ -96,9 +98,10 @@ class InterTrainTrainer(Trainer):
     Choices where the method is silent (docs/method.md, "Choices where the paper is silent"), besides those of
     `composition.py` (losses, RandPatch seeds), `records.py` (non-finite losses, processes) and `checkpoint.py`
     (what a resume must share): each batch is fetched (augmented) with RNGs seeded by (seed, epoch, its items), so
-    a resumed run draws the augmentations of the uninterrupted one; the loss of a batch is the mean over its items,
-    divided by the accumulation steps like the plain Trainer; `num_train_epochs` must be whole, and with
-    `max_steps > 0` the schedule follows steps, not epochs.
+    a resumed run draws the augmentations of the uninterrupted one (with a `data.DeviceImageDataset` the fetch draws
+    the augmentation's parameters and `_prepare_inputs` makes the pixels on the device, see `data/device.py`); the
+    loss of a batch is the mean over its items, divided by the accumulation steps like the plain Trainer;
+    `num_train_epochs` must be whole, and with `max_steps > 0` the schedule follows steps, not epochs.
     """
 
     args: InterTrainArguments
@@ -140,7 +143,11 @@ class InterTrainTrainer(Trainer):
         train_dataset = as_item_dataset(train_dataset)
         if len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: InterTrain needs at least one training sample")
-        image_size = self._intertrain_image_size = image_size_of(train_dataset)
+        args.data_pipeline = dataset_pipeline(args.data_pipeline, train_dataset)
+        if isinstance(train_dataset, DeviceImageDataset):
+            image_size = self._intertrain_image_size = (train_dataset.image_size, train_dataset.image_size)
+        else:
+            image_size = self._intertrain_image_size = image_size_of(train_dataset)
 
         # Interpolation: check the model can be split now, not at epoch 2
         self.feature_layout, self.feature_grid = check_composable(
@@ -185,6 +192,7 @@ class InterTrainTrainer(Trainer):
             num_epochs=int(args.num_train_epochs) if args.max_steps <= 0 else None,
         )
         self.recorder = LossRecorder(self.tracker)
+        self._channels_last = prefers_channels_last(timm_model)
         self.intertrain_history: list[dict[str, float]] = []
         self._epoch_update_steps: list[int] = []
         self._epoch_progress: EpochProgress | None = None
@@ -250,6 +258,22 @@ class InterTrainTrainer(Trainer):
         loss, records = constituent_losses(logits, inputs, composed.shares, loss_weight)
         self.recorder.add(records)
         return (loss, {"logits": logits[0]}) if return_outputs else loss
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The parent's (tensors to the device), then the device pipeline's pixels made from the batch's
+        `PixelRequest`s, every constituent at once (`data.device.materialize_pixels`); other batches pass as
+        they are."""
+        inputs = super()._prepare_inputs(inputs)
+        return materialize_pixels(inputs, self.args.device, self._channels_last)
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """The parent's count; a device-pipeline batch, which reaches it still as `PixelRequest`s, is counted as the
+        pixels they become."""
+        pixels = inputs.get("pixel_values")
+        if isinstance(pixels, list):
+            height, width = self.intertrain_image_size
+            inputs = {**inputs, "pixel_values": torch.empty((len(pixels), 3, height, width), device="meta")}
+        return super().floating_point_ops(inputs)
 
     def _loss_weight(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Per-item loss weights of the epoch plan (InfoBatch's rescaled samples; None when every weight is 1)."""

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import transformers
 from PIL import Image as PILImage
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_intertrain.data import ImageClassificationDataset, build_transforms
+from hf_intertrain.data import DeviceTransform, ImageClassificationDataset, build_device_dataset, build_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
@@ -61,6 +63,21 @@ def make_dataset(num_rows: int, num_classes: int = 4, size: int = 32, seed: int 
     split = make_split(num_rows, num_classes, size, seed)
     transform = build_transforms(FLAT_CONFIG, size, is_training=training)
     return ImageClassificationDataset(split, transform, "image", "label")
+
+
+def make_device_dataset(
+    split: datasets.Dataset,
+    cache_root: Path,
+    training: bool = False,
+    size: int = 32,
+    split_name: str = "train",
+    cache: bool = True,
+):
+    """A DeviceImageDataset of a split (FLAT_CONFIG normalisation); an in-memory split's cache goes under `cache_root`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(cache_root))
+        transform = DeviceTransform.from_data_config(FLAT_CONFIG, size, is_training=training)
+        return build_device_dataset(split, "image", "label", transform, split_name, cache)
 
 
 def make_model(architecture: str = "test_resnet", num_labels: int = 4, seed: int = 0, **model_args):
@@ -142,3 +159,11 @@ def comparable_history(rows: list[dict]) -> list[dict]:
         {k: ("nan" if isinstance(v, float) and v != v else v) for k, v in row.items() if k != "intertrain/epoch_seconds"}
         for row in rows
     ]
+
+
+def pixel_digest(batch: dict) -> list:
+    """[rows of every constituent, sha256 of all pixels] of a collated batch as it reaches the model."""
+    suffixes = [s for s in ("", "_b", "_c", "_d") if f"sample_index{s}" in batch]
+    rows = [batch[f"sample_index{s}"].tolist() for s in suffixes]
+    pixels = torch.cat([batch[f"pixel_values{s}"].contiguous() for s in suffixes]).cpu().numpy()
+    return [rows, hashlib.sha256(pixels.tobytes()).hexdigest()]

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from conftest import write_dataset
+
 from hf_intertrain.bench import BenchSamplerArguments, bench_sampler
 from hf_intertrain.cli import main
 
@@ -54,3 +56,37 @@ def test_cli_refuses_a_non_positive_size_in_one_line(capfd):
     assert main(["bench-sampler", "--num_samples", "0"]) == 2
     _, err = capfd.readouterr()
     assert err.strip().splitlines() == ["hf-intertrain: error: --num_samples=0 must be at least 1; pass a positive number"]
+
+
+@pytest.mark.parametrize(
+    "pipeline, extra, cached",
+    [("workers", [], False), ("device", ["--with_model", "test_resnet"], True), ("device", ["--uncached"], False)],
+    ids=["workers", "device_with_model", "device_uncached"],
+)
+def test_bench_loader_prints_one_json_line_with_the_throughputs(capfd, tmp_path, datasets_cache_in_tmp, pipeline, extra,
+                                                               cached):
+    folder = write_dataset(tmp_path / "data", {"train": 24, "test": 4})
+    argv = ["bench-loader", "--data_pipeline", pipeline, "--dataset_name", str(folder), "--batch_size", "4",
+            "--batches", "3", "--dataloader_num_workers", "0", "--interpolated_fraction", "0.5", *extra]
+
+    assert main(argv) == 0
+
+    out, _ = capfd.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert {"pipeline", "images_per_second", "items_per_second", "batches"} <= set(result)
+    assert (result["pipeline"], result["cached"], result["batches"]) == (pipeline, cached, 3)
+    assert result["interpolated_fraction"] == 0.5 and result["items"] == 12  # 3 batches of 4 items
+    assert result["images"] > result["items"]  # pairs: two images per item
+    assert result["images_per_second"] / result["items_per_second"] == pytest.approx(result["images"] / result["items"])
+    assert result["image_size"] == 32 and result["with_model"] == ("test_resnet" if "--with_model" in extra else None)
+
+
+def test_bench_loader_refuses_a_non_positive_batch_count_in_one_line(capfd):
+    assert main(["bench-loader", "--batches", "0"]) == 2
+    _, err = capfd.readouterr()
+    assert err.strip().splitlines() == ["hf-intertrain: error: --batches=0 must be at least 1; pass a positive number"]
+    assert main(["bench-loader", "--data_pipeline", "workers", "--uncached"]) == 2
+    _, err = capfd.readouterr()
+    assert "--uncached applies to --data_pipeline device only" in err

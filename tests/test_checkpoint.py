@@ -17,6 +17,7 @@ from hf_intertrain.checkpoint import (
     load_state,
     plan_layout,
     save_state,
+    saved_setting,
     steps_done_in_epoch,
 )
 from hf_intertrain.tracker import AmenabilityTracker
@@ -43,6 +44,7 @@ OTHER_VALUES = {
     "infobatch_prune_probability": 0.3,
     "infobatch_full_data_fraction": 0.25,
     "composite_loss_weight": 2.0,
+    "data_pipeline": "device",
 }
 # Settings whose other value needs another configuration in both runs (peer methods train without interpolation).
 SHARED_OVERRIDES = {"data_selection": {"interpolation": "none"}}
@@ -121,6 +123,22 @@ def test_a_checkpoint_made_before_a_setting_existed_still_loads(tmp_path):
     del meta["settings"]["four_way_selection"]
     (checkpoint / INTERTRAIN_META_NAME).write_text(json.dumps(meta))
     load_state(checkpoint, intertrain_settings(args, NUM_SAMPLES), plan_layout(args, 1))
+
+
+def test_a_checkpoint_made_before_data_pipeline_was_recorded_loads_as_the_workers_path(tmp_path):
+    checkpoint, _ = _save(tmp_path, _args(tmp_path, data_pipeline="device"))
+    assert saved_setting(checkpoint, "data_pipeline") == "device"
+    meta = json.loads((checkpoint / INTERTRAIN_META_NAME).read_text())
+    del meta["settings"]["data_pipeline"]
+    (checkpoint / INTERTRAIN_META_NAME).write_text(json.dumps(meta))
+
+    assert saved_setting(checkpoint, "data_pipeline") == "workers"
+    workers = _args(tmp_path, data_pipeline="workers")
+    load_state(checkpoint, intertrain_settings(workers, NUM_SAMPLES), plan_layout(workers, 1))
+    device = _args(tmp_path, data_pipeline="device")
+    with pytest.raises(ValueError, match="made with data_pipeline='workers' but this run has data_pipeline='device'"):
+        load_state(checkpoint, intertrain_settings(device, NUM_SAMPLES), plan_layout(device, 1))
+    assert saved_setting(tmp_path / "nowhere", "data_pipeline") is None
 
 
 def test_a_folder_without_intertrain_state_is_refused(tmp_path):

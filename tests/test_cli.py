@@ -103,7 +103,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def test_top_level_help_lists_the_commands(capfd):
     code, out, _ = run_cli(capfd, ["--help"])
     assert code == 0
-    for command in ("train", "compare", "bench-sampler"):
+    for command in ("train", "compare", "bench-sampler", "bench-loader"):
         assert command in out
 
 
@@ -124,10 +124,12 @@ def test_unknown_command_is_refused(capfd):
             "train",
             ["--model_name", "--model_kwargs", "--dataset_name", "--max_train_samples", "--max_eval_samples",
              "--image_size", "--interpolation", "--learning_rate", "--split_propagation", "--selective_interpolation",
-             "--amenability_regions", "--amenable_action", "--config"],
+             "--amenability_regions", "--amenable_action", "--data_pipeline", "--config"],
         ),
         ("compare", ["--variants", "--interpolation", "--config"]),
         ("bench-sampler", ["--num_samples", "--epochs", "--seed"]),
+        ("bench-loader", ["--data_pipeline", "--dataset_name", "--image_size", "--batch_size", "--batches",
+                          "--dataloader_num_workers", "--interpolated_fraction", "--with_model"]),
     ],
 )
 def test_command_help_lists_its_fields(capfd, command, flags):
@@ -248,6 +250,17 @@ def test_corrupt_image_bytes_name_the_row(capfd, tmp_path):
     assert_one_line_error(code, err, "row 3", "'train'")
 
 
+def test_corrupt_image_bytes_name_the_row_when_the_device_cache_is_built(capfd, tmp_path, datasets_cache_in_tmp):
+    folder = write_image_dataset(tmp_path / "data", {"train": 8, "test": 4})
+    table = pq.read_table(folder / "train.parquet")
+    images = table.column("image").to_pylist()
+    images[5] = {"bytes": b"definitely not a PNG", "path": None}
+    pq.write_table(table.set_column(0, "image", pa.array(images, type=table.schema.field("image").type)), folder / "train.parquet")
+    argv = ["train", "--dataset_name", str(folder), "--output_dir", str(tmp_path), "--verify_images", "none"]
+    code, _, err = run_cli(capfd, [*argv, "--data_pipeline", "device"])
+    assert_one_line_error(code, err, "cannot decode the image of split 'train' row 5", "fix or remove that row")
+
+
 def test_labels_out_of_range(capfd, tmp_path):
     folder = write_image_dataset(tmp_path / "data", {"train": 8, "test": 4})
     table = pq.read_table(folder / "train.parquet")
@@ -300,6 +313,8 @@ def test_compare_end_to_end_writes_json_png_and_prints_the_table(capfd, tmp_path
     comparison = json.loads((output_dir / "comparison.json").read_text())
     assert comparison["variants"] == ["baseline", "intertrain"]
     assert comparison["model_kwargs"] == {"output_stride": 16}
+    assert "compare: data_pipeline auto -> device, for every run" in out  # small images: the cache fits
+    assert [run["settings"]["data_pipeline"] for run in comparison["runs"].values()] == ["device", "device"]
     for name, run in comparison["runs"].items():
         assert run["train_seconds"] > 0
         assert 0.0 <= run["eval_accuracy"] <= 1.0

@@ -30,6 +30,8 @@ N = 100
 
 
 def training_args(tmp_path, **overrides) -> InterTrainArguments:
+    """The fake runs' arguments; the workers path unless told, so that no test resolves `auto` on real data."""
+    overrides = {"data_pipeline": "workers", **overrides}
     return InterTrainArguments(output_dir=str(tmp_path), report_to="none", save_strategy="no", **overrides)
 
 
@@ -485,6 +487,57 @@ def test_a_run_made_before_a_setting_existed_is_reused_at_its_default_and_refuse
         run_comparison(
             ModelArguments(), DataArguments(), training_args(tmp_path, composite_loss_weight=2.0),
             ["baseline", "intertrain"], FakeTrain(),
+        )
+
+
+class FakeResolve:
+    """A `resolve_pipeline` callable: answers `pipeline`, counts its calls."""
+
+    def __init__(self, pipeline: str):
+        self.pipeline, self.calls = pipeline, 0
+
+    def __call__(self, data_args, args) -> str:
+        assert args.data_pipeline == "auto"
+        self.calls += 1
+        return self.pipeline
+
+
+def test_auto_is_resolved_once_and_every_variant_takes_that_input_path(tmp_path, no_plots):
+    fake, resolve = FakeTrain(), FakeResolve("device")
+
+    run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, data_pipeline="auto"),
+        ["baseline", "intertrain", "budget"], fake, resolve_pipeline=resolve,
+    )
+
+    assert resolve.calls == 1 and [args.data_pipeline for args in fake.calls] == ["device"] * 3
+    for name in ("baseline", "intertrain", "budget"):
+        assert json.loads((tmp_path / name / RUN_REPORT_NAME).read_text())["fingerprint"]["data_pipeline"] == "device"
+    sweep_resolve = FakeResolve("workers")
+    run_sweep(
+        ModelArguments(), DataArguments(), training_args(tmp_path / "sweep", data_pipeline="auto"),
+        ["baseline", "intertrain"], [2, 3], FakeTrain(), resolve_pipeline=sweep_resolve,
+    )
+    assert sweep_resolve.calls == 1
+
+
+def test_a_run_made_before_data_pipeline_was_recorded_counts_as_the_workers_path(tmp_path, no_plots):
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline", "intertrain"], FakeTrain())
+    for name in ("baseline", "intertrain"):
+        report = tmp_path / name / RUN_REPORT_NAME
+        data = json.loads(report.read_text())
+        del data["fingerprint"]["data_pipeline"]
+        report.write_text(json.dumps(data))
+    fake = FakeTrain()
+    run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, data_pipeline="auto"), ["baseline", "intertrain"],
+        fake, resolve_pipeline=FakeResolve("workers"),
+    )
+    assert fake.calls == []
+    with pytest.raises(ValueError, match=r"baseline holds a finished run with other settings \(data_pipeline='workers', now 'device'\)"):
+        run_comparison(
+            ModelArguments(), DataArguments(), training_args(tmp_path, data_pipeline="auto"), ["baseline", "intertrain"],
+            FakeTrain(), resolve_pipeline=FakeResolve("device"),
         )
 
 

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from conftest import REPO, make_split
+from conftest import REPO, make_dataset, make_device_dataset, make_split, pixel_digest
+from hf_intertrain.data import BatchSeededDataset, InterTrainCollator, materialize_pixels
+from hf_intertrain.sampler import InterTrainBatchSampler
+from hf_intertrain.tracker import AmenabilityTracker
 
 NUM_SAMPLES, BATCH_SIZE, EPOCHS = 70, 8, 3  # 9 batches in epoch 0: the second process's last batch is padding
 SCRIPT = REPO / "tests" / "distributed" / "train_tiny.py"
@@ -26,15 +29,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    """One `accelerate launch` of two CPU processes: an uninterrupted run, a run killed after a mid-epoch
-    checkpoint in epoch 2 and resumed from it, and a misconfigured run (see tests/distributed/train_tiny.py)."""
-    output_dir = tmp_path_factory.mktemp("distributed")
+@pytest.fixture(scope="module", params=["workers", "device"])
+def launched(request, tmp_path_factory):
+    """One `accelerate launch` of two CPU processes per data pipeline: an uninterrupted run, a run killed after a
+    mid-epoch checkpoint in epoch 2 and resumed from it, and a misconfigured run (see tests/distributed/train_tiny.py)."""
+    output_dir = tmp_path_factory.mktemp(f"distributed_{request.param}")
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(CONFIG), "--num_processes", "2", "--main_process_port", str(_free_port()),
-        str(SCRIPT), "--output_dir", str(output_dir),
+        str(SCRIPT), "--output_dir", str(output_dir), "--data_pipeline", request.param,
         "--num_samples", str(NUM_SAMPLES), "--batch_size", str(BATCH_SIZE), "--epochs", str(EPOCHS), "--resume_check",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -47,7 +50,7 @@ def launched(tmp_path_factory):
         return reports, trackers
 
     diverging = [json.loads((output_dir / f"diverging_rank{r}.json").read_text()) for r in range(2)]
-    return load("full"), load("resumed"), diverging
+    return load("full"), load("resumed"), diverging, (request.param, tmp_path_factory.mktemp("pixels"))
 
 
 def _without_seconds(rows):
@@ -55,7 +58,7 @@ def _without_seconds(rows):
 
 
 def test_two_processes_train_one_plan_with_global_coverage(launched):
-    (reports, _), _, _ = launched
+    (reports, _), _, _, _ = launched
     assert [r["num_processes"] for r in reports] == [2, 2]
     history = reports[0]["history"]
     assert [row["epoch"] for row in history] == list(range(EPOCHS))
@@ -70,7 +73,7 @@ def test_two_processes_train_one_plan_with_global_coverage(launched):
 
 
 def test_every_sample_is_recorded_and_counted_once_in_the_statistics(launched):
-    (reports, _), _, _ = launched
+    (reports, _), _, _, _ = launched
     local = [np.array(r["local_counts"]) for r in reports]
     total = np.array(reports[0]["global_counts"])
     assert total.shape == (EPOCHS, NUM_SAMPLES)
@@ -84,7 +87,7 @@ def test_every_sample_is_recorded_and_counted_once_in_the_statistics(launched):
 
 
 def test_both_processes_hold_the_same_tracker_and_log_the_same_statistics(launched):
-    (reports, trackers), _, _ = launched
+    (reports, trackers), _, _, _ = launched
     assert trackers[0].keys() == trackers[1].keys()
     for key in trackers[0]:
         np.testing.assert_array_equal(trackers[0][key], trackers[1][key], err_msg=key)
@@ -97,7 +100,7 @@ def test_both_processes_hold_the_same_tracker_and_log_the_same_statistics(launch
 
 
 def test_run_killed_mid_epoch_and_relaunched_ends_where_the_uninterrupted_run_ends(launched):
-    (full_reports, full_trackers), (resumed_reports, resumed_trackers), _ = launched
+    (full_reports, full_trackers), (resumed_reports, resumed_trackers), _, _ = launched
     for rank in range(2):
         for key in full_trackers[rank]:
             np.testing.assert_array_equal(resumed_trackers[rank][key], full_trackers[rank][key], err_msg=key)
@@ -109,10 +112,48 @@ def test_run_killed_mid_epoch_and_relaunched_ends_where_the_uninterrupted_run_en
     resumed_local = [np.array(r["local_counts"])[0] for r in resumed_reports]
     np.testing.assert_array_equal(np.array(resumed_reports[0]["global_counts"])[0], full_local[0] + full_local[1])
     assert resumed_local[1].sum() < full_local[1].sum() and resumed_local[0].sum() > full_local[0].sum()
+    for rank in range(2):  # every batch trained after the resume got the pixels it got in the uninterrupted run
+        full = {_batch_key(entry): entry[2] for entry in full_reports[rank]["batch_digests"]}
+        resumed = resumed_reports[rank]["batch_digests"]
+        assert resumed and all(full[_batch_key(entry)] == entry[2] for entry in resumed)
+
+
+def _batch_key(entry: list) -> tuple:
+    """(epoch, rows of every constituent) of a recorded batch digest."""
+    epoch, rows, _ = entry
+    return epoch, tuple(tuple(constituent) for constituent in rows)
+
+
+def test_two_processes_draw_the_augmentation_a_single_process_draws_for_the_same_batch(launched):
+    """Epochs 0 and 1 (no pairs yet) have the same plan in any process layout: every batch a rank trained must
+    reach the model with the pixels the same batch gets when one process fetches the plan alone."""
+    (reports, _), _, _, (pipeline, cache) = launched
+    if pipeline == "device":
+        dataset = make_device_dataset(make_split(NUM_SAMPLES, seed=0), cache, training=True)
+    else:
+        dataset = make_dataset(NUM_SAMPLES, seed=0, training=True)
+    seeded = BatchSeededDataset(dataset, seed=0)
+    sampler = InterTrainBatchSampler(AmenabilityTracker(NUM_SAMPLES), batch_size=BATCH_SIZE, seed=0)
+    alone = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        seeded.epoch = epoch
+        for keys in sampler:
+            batch = materialize_pixels(InterTrainCollator()(seeded.__getitems__(keys)), "cpu")
+            alone[_batch_key([epoch, *pixel_digest(batch)])] = pixel_digest(batch)[1]
+    matched = 0
+    for report in reports:
+        for entry in report["batch_digests"]:
+            if entry[0] < 2 and _batch_key(entry) in alone:
+                assert alone[_batch_key(entry)] == entry[2], _batch_key(entry)
+                matched += 1
+    # Every full batch of both epochs; the 6-item last one is completed by even_batches from the plan's start, so
+    # it is another batch, with its own draws.
+    assert matched == 2 * (NUM_SAMPLES // BATCH_SIZE)
 
 
 def test_processes_whose_trackers_diverge_stop_with_a_clear_error(launched):
-    _, _, diverging = launched
+    _, _, diverging, _ = launched
     for report in diverging:
         assert "trackers diverged across processes at epoch 2" in report["outcome"]
         assert report["epochs_closed"] == 1  # epoch 1 was judged differently; its checksum stopped the run

@@ -12,7 +12,7 @@ import safetensors.numpy
 import torch
 from transformers import TrainerCallback
 
-from conftest import TINY_TRAINING, comparable_history, make_dataset, make_model
+from conftest import TINY_TRAINING, comparable_history, make_dataset, make_device_dataset, make_model, make_split
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.data import BatchSeededDataset
 from hf_intertrain.checkpoint import INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME
@@ -263,6 +263,25 @@ def test_resume_mid_epoch_with_four_way_composites_ends_where_the_uninterrupted_
     assert reference.epoch_update_steps[0] == 4  # 88 - 4 - 24 = 60 items in batches of 16
     checkpoint = tmp_path / "reference" / "checkpoint-2"
     assert safetensors.numpy.load_file(str(checkpoint / INTERTRAIN_STATE_NAME))["in_four_way"][:32].all()
+
+    resumed = _trainer(tmp_path / "resumed", data, model_seed=7, **settings)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    _assert_same_outcome(_outcome(resumed), _outcome(reference))
+
+
+def test_device_pipeline_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path_factory, tmp_path):
+    cache = tmp_path_factory.mktemp("pixels")
+    data = (
+        make_device_dataset(make_split(NUM_SAMPLES, seed=0), cache, training=True),  # cropped and flipped on the device
+        make_device_dataset(make_split(40, seed=3), cache, split_name="test"),
+    )
+    settings = {"num_train_epochs": 3, "save_strategy": "no", "data_pipeline": "device"}
+    reference = _trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([14])], **settings)
+    reference.train()
+    checkpoint = tmp_path / "reference" / "checkpoint-14"
+    meta = json.loads((checkpoint / INTERTRAIN_META_NAME).read_text())
+    assert meta["mid_epoch"] is True and meta["settings"]["data_pipeline"] == "device"
+    assert reference.intertrain_history[2]["intertrain/pairs"] > 0
 
     resumed = _trainer(tmp_path / "resumed", data, model_seed=7, **settings)
     resumed.train(resume_from_checkpoint=str(checkpoint))

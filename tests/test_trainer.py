@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from conftest import TINY_TRAINING, make_dataset, make_model
+from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.data import InterTrainCollator
 
@@ -277,3 +277,85 @@ def test_composite_loss_weight_reaches_every_pair_of_the_batch_loss(tmp_path, ti
     assert with_pairs and all(weight is None for pairs, weight in seen if not pairs)
     for pairs, weight in with_pairs:
         assert weight[:pairs] == [2.0] * pairs and weight[pairs:] == [1.0] * (len(weight) - pairs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The device data pipeline (data/device.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def _device_datasets(cache_root, training):
+    """The device counterparts of `tiny_train_dataset` and `make_dataset(40, seed=3)`: the same generated images."""
+    train = make_device_dataset(make_split(96, seed=0), cache_root, training=training)
+    return train, make_device_dataset(make_split(40, seed=3), cache_root, split_name="test")
+
+
+def test_device_pipeline_trains_and_evaluates_with_the_plan_of_the_workers_run(tmp_path, tiny_train_dataset):
+    from hf_intertrain.metrics import build_compute_metrics
+
+    plans, losses, flos = {}, {}, {}
+    for pipeline in ("workers", "device"):
+        if pipeline == "device":
+            train, evaluation = _device_datasets(tmp_path / "cache", training=False)
+        else:
+            train, evaluation = tiny_train_dataset, make_dataset(40, seed=3)
+        trainer = InterTrainTrainer(
+            model=make_model(output_stride=16),
+            args=_args(tmp_path / pipeline, num_train_epochs=3, eval_strategy="epoch"),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            compute_metrics=build_compute_metrics(),
+        )
+        trainer.train()
+        assert trainer.args.data_pipeline == pipeline  # "auto" resolved from the train dataset
+        plans[pipeline] = [(row["intertrain/items"], row["intertrain/pairs"]) for row in trainer.intertrain_history]
+        losses[pipeline] = _train_losses(trainer) + [e["eval_loss"] for e in trainer.state.log_history if "eval_top1" in e]
+        flos[pipeline] = trainer.state.total_flos
+        assert len([e for e in trainer.state.log_history if "eval_top1" in e]) == 3
+    assert plans["device"] == plans["workers"] and sum(pairs for _, pairs in plans["device"]) > 0
+    assert losses["device"] == pytest.approx(losses["workers"], rel=1e-5)  # the same pixels reach the model
+    assert flos["device"] == flos["workers"] > 0
+
+
+def test_device_pixels_follow_a_channels_last_model(tmp_path):
+    train, _ = _device_datasets(tmp_path / "cache", training=True)
+    model = make_model(output_stride=16).to(memory_format=torch.channels_last)
+    trainer = InterTrainTrainer(model=model, args=_args(tmp_path, data_pipeline="device"), train_dataset=train)
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    prepared = trainer._prepare_inputs(batch)
+
+    assert prepared["pixel_values"].shape == (16, 3, 32, 32)
+    assert prepared["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    assert prepared["labels"].dtype == torch.int64 and prepared["sample_index"].tolist() == [
+        request.row for request in batch["pixel_values"]
+    ]
+
+
+def test_device_pipeline_with_augmentation_trains_every_sample_once_per_epoch(tmp_path):
+    train, _ = _device_datasets(tmp_path / "cache", training=True)
+    model = make_model(output_stride=16)
+    initial = [p.detach().clone() for p in model.parameters()]
+    args = _args(tmp_path, num_train_epochs=3, data_pipeline="device")
+    trainer = InterTrainTrainer(model=model, args=args, train_dataset=train)
+    counts, end_epoch = [], trainer.tracker.end_epoch
+    trainer.tracker.end_epoch = lambda: (counts.append(trainer.tracker.epoch_buffers()[2].copy()), end_epoch())[1]
+
+    trainer.train()
+
+    assert trainer.intertrain_image_size == (32, 32)
+    assert [c.tolist() for c in counts] == [[1] * 96] * 3
+    assert all(row["intertrain/items"] + row["intertrain/pairs"] == 96 for row in trainer.intertrain_history)
+    assert all(math.isfinite(loss) for loss in _train_losses(trainer))
+    assert any(not torch.equal(a, b) for a, b in zip(initial, trainer.model.parameters()))
+
+
+def test_a_data_pipeline_that_contradicts_the_train_dataset_is_refused(tmp_path, tiny_train_dataset):
+    model = make_model(output_stride=16)
+    with pytest.raises(ValueError, match=r"data_pipeline='device' but the train_dataset \(ImageClassificationDataset\)"):
+        InterTrainTrainer(model=model, args=_args(tmp_path, data_pipeline="device"), train_dataset=tiny_train_dataset)
+    train, _ = _device_datasets(tmp_path / "cache", training=False)
+    with pytest.raises(ValueError, match="data_pipeline='workers' but the train_dataset is a DeviceImageDataset"):
+        InterTrainTrainer(model=model, args=_args(tmp_path, data_pipeline="workers"), train_dataset=train)
+    with pytest.raises(ValueError, match="data_pipeline='gpu' is not supported"):
+        _args(tmp_path, data_pipeline="gpu")

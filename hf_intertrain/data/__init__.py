@@ -8,14 +8,24 @@
 - `items`: the item keys of the InterTrain batch sampler (docs/method.md, "Batch plan of an epoch"), the datasets
   that serve them, `InterTrainCollator`, and `BatchSeededDataset`, which seeds each batch's augmentation.
 - `rng`: `preserved_host_rngs`, seeding and restoring Python's, numpy's and torch's CPU generators around a block.
-
-A device-side data path (images decoded once into a uint8 cache, augmented in batches on the accelerator) belongs
-beside these as its own module, `data/device.py`. It consumes the same item keys (`parse_item_key`, `batch_seeds`),
-can serve them as an `InterTrainItemDataset` whose `fetch_row` returns uint8 pixels, and feeds the same
-`InterTrainCollator`; only the PIL decode of `images` and the per-item `transforms` stay on the host path.
+- `pixel_cache`: decode a split once into a memory-mapped uint8 array (N, H, W, 3) beside its `datasets` cache.
+- `decode`: decode a batch of encoded images on the training device (nvjpeg on CUDA, torchvision on the CPU).
+- `device_transforms`: the train and eval transforms on whole batches of uint8 images, randomness injected.
+- `device`: the device pipeline (`--data_pipeline device`): `DeviceImageDataset` serves `PixelRequest`s (row keys
+  and augmentation draws) for the same item keys and `InterTrainCollator`, `materialize_pixels` turns a batch's
+  requests into pixels on the device, `choose_data_pipeline` resolves `auto`.
 """
 
 from ..constants import EMBEDDED_DATASET
+from .device import (
+    DeviceImageDataset,
+    PixelRequest,
+    build_device_dataset,
+    build_device_datasets,
+    choose_data_pipeline,
+    materialize_pixels,
+)
+from .device_transforms import DeviceTransform
 from .errors import DataError
 from .images import ALPHA_BACKGROUND, decode_image, to_rgb, verify_split_images
 from .items import (
@@ -39,8 +49,9 @@ from .loading import (
     local_cache_dir,
     read_labels,
 )
+from .pixel_cache import load_pixel_cache
 from .rng import preserved_host_rngs
-from .transforms import SmallImageTransform, build_transforms
+from .transforms import SmallImageTransform, build_transforms, normalization_of
 
 __all__ = [
     "ALPHA_BACKGROUND",
@@ -51,19 +62,28 @@ __all__ = [
     "VERIFY_IMAGES_AUTO_MAX_ROWS",
     "BatchSeededDataset",
     "DataError",
+    "DeviceImageDataset",
+    "DeviceTransform",
     "ImageClassificationData",
     "ImageClassificationDataset",
     "InterTrainCollator",
     "InterTrainItemDataset",
     "ItemDataset",
     "ItemKey",
+    "PixelRequest",
     "SmallImageTransform",
     "as_item_dataset",
     "batch_seeds",
+    "build_device_dataset",
+    "build_device_datasets",
     "build_transforms",
+    "choose_data_pipeline",
     "decode_image",
     "load_image_classification_data",
+    "load_pixel_cache",
     "local_cache_dir",
+    "materialize_pixels",
+    "normalization_of",
     "parse_item_key",
     "preserved_host_rngs",
     "read_labels",

@@ -184,8 +184,9 @@ class InterTrainCollator:
     composites (rows 0..Q-1), the `_c` and `_d` keys hold their third and fourth constituents ([Q, ...]); their
     "interp_ratio" is nominal (the shares come with the partition). A batch without pairs has only the a-keys, so the
     same collator serves evaluation; "sample_index" is left out when the items lack it, as after the Trainer's
-    `remove_unused_columns` drops keys the model's `forward` does not take. Pixels are stacked as they come, whatever
-    their dtype.
+    `remove_unused_columns` drops keys the model's `forward` does not take. Pixel tensors are stacked as they come,
+    whatever their dtype; pixels that are not tensors (the device pipeline's `device.PixelRequest`s) are kept as a list
+    in the same order.
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -197,7 +198,7 @@ class InterTrainCollator:
         pairs = quads + [item for item in features if "pixel_values_b" in item and "pixel_values_c" not in item]
         ordered = pairs + [item for item in features if "pixel_values_b" not in item]
         batch = {
-            "pixel_values": torch.stack([item["pixel_values"] for item in ordered]),
+            "pixel_values": _stack_pixels([item["pixel_values"] for item in ordered]),
             "labels": torch.tensor([item["labels"] for item in ordered], dtype=torch.int64),
         }
         if all("sample_index" in item for item in ordered):
@@ -210,10 +211,15 @@ class InterTrainCollator:
         return batch
 
 
+def _stack_pixels(values: list[Any]) -> torch.Tensor | list[Any]:
+    """Pixel tensors stacked along a new first dimension; anything else as a list."""
+    return torch.stack(values) if isinstance(values[0], torch.Tensor) else list(values)
+
+
 def _stack_constituent(items: list[dict[str, Any]], suffix: str) -> dict[str, torch.Tensor]:
     """The `_<suffix>` constituent's pixels, labels and sample indices of `items`, stacked."""
     return {
-        f"pixel_values_{suffix}": torch.stack([item[f"pixel_values_{suffix}"] for item in items]),
+        f"pixel_values_{suffix}": _stack_pixels([item[f"pixel_values_{suffix}"] for item in items]),
         f"labels_{suffix}": torch.tensor([item[f"labels_{suffix}"] for item in items], dtype=torch.int64),
         f"sample_index_{suffix}": torch.tensor([item[f"sample_index_{suffix}"] for item in items], dtype=torch.int64),
     }

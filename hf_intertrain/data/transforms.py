@@ -50,9 +50,7 @@ def build_transforms(
         padding_mode: numpy pad mode of the small-image random crop ("constant" = zeros,
             "reflect", "edge" or "symmetric").
     """
-    mean = tuple(float(v) for v in data_config.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(float(v) for v in data_config.get("std", (0.229, 0.224, 0.225)))
-    interpolation = data_config.get("interpolation") or "bilinear"
+    mean, std, interpolation = normalization_of(data_config)
     if image_size < 1:
         raise ValueError(
             f"image_size must be positive, got {image_size}; pass the training resolution, e.g. 32 for CIFAR"
@@ -74,6 +72,13 @@ def build_transforms(
         return transforms.Compose([to_rgb, *timm_transform.transforms])
 
     return SmallImageTransform(image_size, mean, std, is_training, interpolation, padding_mode)
+
+
+def normalization_of(data_config: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, interpolation) of a timm data config: ImageNet's mean and std and bilinear where it has none."""
+    mean = tuple(float(v) for v in data_config.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in data_config.get("std", (0.229, 0.224, 0.225)))
+    return mean, std, data_config.get("interpolation") or "bilinear"
 
 
 class SmallImageTransform:

@@ -1,18 +1,22 @@
 """Distributed InterTrain on generated data, for `tests/test_distributed.py` (and the 1-vs-2 process timing).
 
     accelerate launch --config_file recipes/accelerate/cpu_multi_process.yaml --num_processes 2 \
-        tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16] [--four_way randpatch4]
+        tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16] [--four_way randpatch4] \
+        [--data_pipeline device]
 
 (`accelerate launch --cpu --num_processes 2` starts one process unless an MPI hostfile is configured: the
 config above launches the CPU processes through torchrun instead.)
 
 Each process writes what the test compares, per run ("full", and with --resume_check "resumed"):
 `OUT/{run}_rank{r}.safetensors` (its tracker state) and `OUT/{run}_rank{r}.json` (history, logged statistics,
-epoch lengths, per-epoch record counts of this rank and of all ranks, final eval loss).
+epoch lengths, per-epoch record counts of this rank and of all ranks, final eval loss, and a digest of every
+training batch's pixels as they reach the model, with its epoch and rows).
 With --resume_check the script also trains a run that dies right after a mid-epoch checkpoint in epoch 2 (the
 first interpolating epoch) and resumes it from that checkpoint in fresh trainers, then a run whose processes
 are given different InterTrain settings (`OUT/diverging_rank{r}.json`: how it ended).
 With --four_way the "full" run starts with the first 32 samples marked for 4-way composites and the next 8 paired.
+With --data_pipeline device the same images are served by `DeviceImageDataset`s (one decoded cache in OUT/pixels,
+built by the main process while the other waits) and augmented in `_prepare_inputs`.
 """
 
 import argparse
@@ -28,7 +32,7 @@ import numpy as np
 import safetensors.numpy
 from transformers import TrainerCallback
 
-from conftest import TINY_TRAINING, make_dataset, make_model
+from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split, pixel_digest
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 
 
@@ -50,12 +54,14 @@ class DieAfterSave(TrainerCallback):
 
 
 class RecordingTrainer(InterTrainTrainer):
-    """Keeps each epoch's record counts of this rank (before the reduction) and of all ranks (after)."""
+    """Keeps each epoch's record counts of this rank (before the reduction) and of all ranks (after), and each
+    training batch's `pixel_digest` with its epoch."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.local_counts: list[list[int]] = []
         self.global_counts: list[list[int]] = []
+        self.batch_digests: list[list] = []
         close_epoch, end_epoch = self.recorder.close_epoch, self.tracker.end_epoch
 
         def recording_close_epoch(accelerator):
@@ -69,6 +75,12 @@ class RecordingTrainer(InterTrainTrainer):
 
         self.recorder.close_epoch, self.tracker.end_epoch = recording_close_epoch, recording_end_epoch
 
+    def _prepare_inputs(self, inputs):
+        prepared = super()._prepare_inputs(inputs)
+        if self.model.training:
+            self.batch_digests.append([self.intertrain_sampler.epoch, *pixel_digest(prepared)])
+        return prepared
+
 
 def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=(), **overrides):
     settings = dict(
@@ -80,6 +92,7 @@ def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=()
         use_cpu=True,
         bf16=cli.bf16,
         four_way=cli.four_way,
+        data_pipeline=cli.data_pipeline,
         ddp_find_unused_parameters=False,
     )
     args = InterTrainArguments(output_dir=output_dir, **{**settings, **overrides})
@@ -108,11 +121,21 @@ def dump(trainer, output_dir, run):
         "global_step": trainer.state.global_step,
         "local_counts": trainer.local_counts,
         "global_counts": trainer.global_counts,
+        "batch_digests": trainer.batch_digests,
         "eval_loss": trainer.evaluate()["eval_loss"],
         "train_runtime": trainer.train_runtime,
     }
     with open(os.path.join(output_dir, f"{run}_rank{rank}.json"), "w") as f:
         json.dump(report, f)
+
+
+def datasets_of(cli):
+    """The train (augmented) and eval datasets of `cli.data_pipeline`: the same generated images either way."""
+    if cli.data_pipeline == "device":
+        cache = os.path.join(cli.output_dir, "pixels")
+        train = make_device_dataset(make_split(cli.num_samples, seed=0), cache, training=True)
+        return train, make_device_dataset(make_split(40, seed=3), cache, split_name="test")
+    return make_dataset(cli.num_samples, seed=0, training=True), make_dataset(40, seed=3)
 
 
 def main():
@@ -124,10 +147,10 @@ def main():
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--resume_check", action="store_true")
     parser.add_argument("--four_way", default="none")
+    parser.add_argument("--data_pipeline", default="workers", choices=["workers", "device"])
     cli = parser.parse_args()
     os.makedirs(cli.output_dir, exist_ok=True)
-    train = make_dataset(cli.num_samples, seed=0, training=True)
-    evaluation = make_dataset(40, seed=3)
+    train, evaluation = datasets_of(cli)
 
     full = build_trainer(cli, os.path.join(cli.output_dir, "full"), train, evaluation)
     if cli.four_way != "none":

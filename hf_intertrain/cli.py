@@ -25,6 +25,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .config import DataArguments, InterTrainArguments, ModelArguments
+from .launch import end_processes
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
 COMMANDS = {
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"hf-intertrain: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        end_processes()
     return 0
 
 

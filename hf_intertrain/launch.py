@@ -12,6 +12,7 @@ without an accelerator, and each process trains the whole dataset alone into the
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 WORLD_SIZE_VARIABLES: tuple[str, ...] = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -65,3 +66,11 @@ def check_processes_share_work(
             "whole dataset into the same output_dir: pass --use_cpu true for CPU processes, or launch with an "
             "accelerate config whose devices this machine has (see recipes/accelerate/)"
         )
+
+
+def end_processes() -> None:
+    """Tear down the process group a distributed run set up (what `Accelerator.end_training` does), so that no
+    communication thread is still running while the interpreter exits; nothing without one."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

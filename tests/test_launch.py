@@ -3,7 +3,7 @@ import torch
 import transformers
 
 from hf_intertrain import InterTrainArguments
-from hf_intertrain.launch import check_processes_share_work, launched_on_cpu, launched_world_size
+from hf_intertrain.launch import check_processes_share_work, end_processes, launched_on_cpu, launched_world_size
 
 TORCHRUN = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
 LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
@@ -69,3 +69,13 @@ def test_processes_that_share_the_work_and_single_processes_pass():
     check_processes_share_work(2, TORCHRUN, initialized_world_size=2)
     check_processes_share_work(1, {}, initialized_world_size=1)
     check_processes_share_work(1, {})  # no process group in this test process
+
+
+def test_end_processes_tears_down_an_initialized_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    end_processes()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    end_processes()
+    assert not dist.is_initialized()

@@ -141,6 +141,10 @@ def choose_data_pipeline(
 # The dataset
 
 
+DRAW_ROWS = 256
+"""Constituents whose augmentation draws `DeviceImageDataset` makes in one numpy call."""
+
+
 class PixelRequest:
     """One constituent as the loader carries it: its dataset's key, its row, its augmentation draws (None in
     evaluation) and, when its split is not cached, its stored value and encoded file."""
@@ -199,6 +203,8 @@ class DeviceImageDataset(InterTrainItemDataset):
         )
         self._pixels = pixels
         self._stores: dict[str, torch.Tensor] = {}
+        self._draws: np.ndarray | None = None
+        self._drawn = 0
         self.key = uuid.uuid4().hex
         _DATASETS[self.key] = self
 
@@ -218,7 +224,7 @@ class DeviceImageDataset(InterTrainItemDataset):
         return self._pixels
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pixels": None, "_stores": {}}
+        return {**self.__dict__, "_pixels": None, "_stores": {}, "_draws": None, "_drawn": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -228,16 +234,28 @@ class DeviceImageDataset(InterTrainItemDataset):
         return len(self.labels)
 
     def prefetch_rows(self, rows: list[int]) -> dict[int, dict] | None:
+        self._draws, self._drawn = None, 0  # a batch starts: its draws start from the batch's seed
         if self.cached:
             return None
         return dict(zip(rows, self.images[rows][self.image_column]))
 
     def fetch_row(self, row: int, prefetched: dict[int, dict] | None) -> tuple[PixelRequest, int]:
-        draws = self.transform.draw()
+        draws = self._next_draws()
         if prefetched is None:
             return PixelRequest(self.key, row, draws), int(self.labels[row])
         value = prefetched[row]
         return PixelRequest(self.key, row, draws, value, stored_bytes(value)), int(self.labels[row])
+
+    def _next_draws(self) -> np.ndarray | None:
+        """The next constituent's draws: `DeviceTransform.draw`'s values, drawn `DRAW_ROWS` constituents at a time
+        (numpy draws a block in the order of that many single draws, so the values are the same)."""
+        count = self.transform.draws_per_image
+        if not count:
+            return None
+        if self._draws is None or self._drawn == len(self._draws):
+            self._draws, self._drawn = np.random.random_sample((DRAW_ROWS, count)), 0
+        self._drawn += 1
+        return self._draws[self._drawn - 1]
 
     def pixels(
         self, requests: Sequence[PixelRequest], device: torch.device | str, channels_last: bool = False

@@ -305,21 +305,17 @@ def pad_crop_flip(
     Returns:
         [B, C, size, size] of the images' dtype, on their device.
     """
-    batch, _, height, width = images.shape
-    device = images.device
-    steps = torch.arange(size, device=device)
-    tops, lefts, flips = tops.to(device), lefts.to(device), flips.to(device)
-    rows = tops[:, None] + steps  # [B, size]
-    cols = lefts[:, None] + torch.where(flips[:, None], size - 1 - steps, steps)
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    windows = images[
-        torch.arange(batch, device=device)[:, None, None],
-        :,
-        rows.clamp(0, height - 1)[:, :, None],
-        cols.clamp(0, width - 1)[:, None, :],
-    ]  # [B, size, size, C]
-    windows = windows * inside[..., None].to(windows.dtype)
-    return windows.permute(0, 3, 1, 2)
+    batch, channels, height, width = images.shape
+    tops, lefts, flips = tops.cpu(), lefts.cpu(), flips.cpu()
+    pad = max(0, -int(tops.min()), -int(lefts.min()), int(tops.max()) + size - height, int(lefts.max()) + size - width)
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    padded_width = width + 2 * pad
+    steps = torch.arange(size)
+    rows = tops[:, None] + pad + steps  # [B, size], rows of the padded image
+    cols = lefts[:, None] + pad + torch.where(flips[:, None], size - 1 - steps, steps)
+    index = (rows[:, :, None] * padded_width + cols[:, None, :]).view(batch, 1, size * size).to(images.device)
+    flat = padded.reshape(batch, channels, -1)
+    return flat.gather(2, index.expand(batch, channels, size * size)).view(batch, channels, size, size)
 
 
 def normalize(

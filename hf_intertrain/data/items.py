@@ -30,7 +30,7 @@ EXTRA_CONSTITUENTS = ("b", "c", "d")
 
 
 def _is_row(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, Integral) and not isinstance(value, bool))
 
 
 def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int, int, float, int, int]:
@@ -44,7 +44,7 @@ def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int,
         isinstance(key, (tuple, list))
         and len(key) in (3, 5)
         and all(_is_row(x) for i, x in enumerate(key) if i != 2)
-        and isinstance(key[2], Real)
+        and (type(key[2]) is float or isinstance(key[2], Real))
     ):
         a, b, ratio = int(key[0]), int(key[1]), float(key[2])
         c, d = (int(key[3]), int(key[4])) if len(key) == 5 else (-1, -1)

@@ -34,6 +34,7 @@ from transformers import TrainerCallback
 
 from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split, pixel_digest
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
+from hf_intertrain.launch import end_processes
 
 
 class Preempted(Exception):
@@ -196,4 +197,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        end_processes()

@@ -50,6 +50,12 @@ SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"data_pipeline": "workers"}
 every run before `data_pipeline` existed used the workers path."""
 
 
+MID_EPOCH_SETTINGS: tuple[str, ...] = ("data_pipeline",)
+"""Settings a resume must share only from a mid-epoch checkpoint, like the plan layout: the rest of that epoch must draw
+its augmentations as planned. From an epoch's end a run may switch input paths (same augmentation distributions,
+other draws), e.g. resume a CLI run made on the device path with a dataset of its own."""
+
+
 def saved_setting(checkpoint_dir: str | os.PathLike, name: str) -> Any:
     """A setting as a checkpoint recorded it (`SETTINGS_BEFORE_RECORDED` for an older one; None when unknown)."""
     try:
@@ -115,17 +121,16 @@ def load_state(
         )
     with open(meta_path) as f:
         meta = json.load(f)
+    saved = {**SETTINGS_BEFORE_RECORDED, **meta["settings"]}
+    mid_epoch = {name: saved.pop(name) for name in MID_EPOCH_SETTINGS if name in saved}
     refuse_differences(
-        checkpoint_dir,
-        {**SETTINGS_BEFORE_RECORDED, **meta["settings"]},
-        settings,
-        "resume with the same dataset and InterTrain settings, or start a new output_dir",
+        checkpoint_dir, saved, settings, "resume with the same dataset and InterTrain settings, or start a new output_dir"
     )
     if meta["mid_epoch"]:
         refuse_differences(
             checkpoint_dir,
-            meta["plan_layout"],
-            layout,
+            {**meta["plan_layout"], **mid_epoch},
+            {**layout, **settings},
             "it was saved mid-epoch, so the rest of the epoch needs the same batches: resume with the same "
             "settings, or from a checkpoint saved at an epoch's end",
         )

@@ -12,6 +12,7 @@ from hf_intertrain import InterTrainArguments
 from hf_intertrain.checkpoint import (
     INTERTRAIN_META_NAME,
     INTERTRAIN_STATE_NAME,
+    MID_EPOCH_SETTINGS,
     RESUME_SETTINGS,
     intertrain_settings,
     load_state,
@@ -90,7 +91,7 @@ def test_settings_hold_the_dataset_size_and_every_resume_setting_as_checkpoints_
 @pytest.mark.parametrize("name", RESUME_SETTINGS)
 def test_a_checkpoint_of_another_setting_is_refused(tmp_path, name):
     shared = SHARED_OVERRIDES.get(name, {})
-    checkpoint, _ = _save(tmp_path, _args(tmp_path, **shared))
+    checkpoint, _ = _save(tmp_path, _args(tmp_path, **shared), mid_epoch=name in MID_EPOCH_SETTINGS)
     other = _args(tmp_path, **shared, **{name: OTHER_VALUES[name]})
     with pytest.raises(ValueError, match=f"was made with {name}=.* but this run has {name}=.*: resume with the same"):
         load_state(checkpoint, intertrain_settings(other, NUM_SAMPLES), plan_layout(other, 1))
@@ -126,7 +127,7 @@ def test_a_checkpoint_made_before_a_setting_existed_still_loads(tmp_path):
 
 
 def test_a_checkpoint_made_before_data_pipeline_was_recorded_loads_as_the_workers_path(tmp_path):
-    checkpoint, _ = _save(tmp_path, _args(tmp_path, data_pipeline="device"))
+    checkpoint, _ = _save(tmp_path, _args(tmp_path, data_pipeline="device"), mid_epoch=True)
     assert saved_setting(checkpoint, "data_pipeline") == "device"
     meta = json.loads((checkpoint / INTERTRAIN_META_NAME).read_text())
     del meta["settings"]["data_pipeline"]
@@ -139,6 +140,15 @@ def test_a_checkpoint_made_before_data_pipeline_was_recorded_loads_as_the_worker
     with pytest.raises(ValueError, match="made with data_pipeline='workers' but this run has data_pipeline='device'"):
         load_state(checkpoint, intertrain_settings(device, NUM_SAMPLES), plan_layout(device, 1))
     assert saved_setting(tmp_path / "nowhere", "data_pipeline") is None
+
+
+def test_another_data_pipeline_resumes_from_an_epochs_end_but_not_mid_epoch(tmp_path):
+    device, workers = _args(tmp_path, data_pipeline="device"), _args(tmp_path, data_pipeline="workers")
+    at_end, _ = _save(tmp_path / "end", device)
+    load_state(at_end, intertrain_settings(workers, NUM_SAMPLES), plan_layout(workers, 1))
+    mid, _ = _save(tmp_path / "mid", device, mid_epoch=True)
+    with pytest.raises(ValueError, match="data_pipeline='device' but this run has data_pipeline='workers': it was saved mid-epoch"):
+        load_state(mid, intertrain_settings(workers, NUM_SAMPLES), plan_layout(workers, 1))
 
 
 def test_a_folder_without_intertrain_state_is_refused(tmp_path):

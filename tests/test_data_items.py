@@ -218,3 +218,5 @@ def test_batch_seeds_come_from_seed_epoch_and_each_keys_rows_not_its_ratio():
     assert batch_seeds(0, 1, keys) == expected
     assert batch_seeds(0, 1, [5, (1, 7, 0.9), (2, -1, 0.5), (9, 11, 0.75, 13, 17)]) == expected
     assert batch_seeds(0, 2, keys) != expected and batch_seeds(1, 1, keys) != expected
+    large = np.random.SeedSequence([2**40, 1, 5, 1, 8, 2, 0, 9, 12, 14, 18]).generate_state(3).tolist()
+    assert batch_seeds(2**40, 1, keys) == large  # a seed beyond 32 bits still seeds as the list does

@@ -201,7 +201,7 @@ class DeviceImageDataset(InterTrainItemDataset):
         self.images = None if pixels is not None else undecoded_images(
             split.select_columns([image_column]), image_column, split_name
         )
-        self._pixels = pixels
+        self._pixels = None if pixels is None else pixels.view(np.ndarray)  # indexing skips memmap bookkeeping
         self._stores: dict[str, torch.Tensor] = {}
         self._draws: np.ndarray | None = None
         self._drawn = 0
@@ -220,7 +220,7 @@ class DeviceImageDataset(InterTrainItemDataset):
     def cache(self) -> np.ndarray:
         """The decoded split, uint8 [N, H, W, 3], memory-mapped read-only (opened on first use in each process)."""
         if self._pixels is None:
-            self._pixels = np.load(self.cache_path, mmap_mode="r", allow_pickle=False)
+            self._pixels = np.load(self.cache_path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
         return self._pixels
 
     def __getstate__(self) -> dict[str, Any]:
@@ -249,10 +249,10 @@ class DeviceImageDataset(InterTrainItemDataset):
     def _next_draws(self) -> np.ndarray | None:
         """The next constituent's draws: `DeviceTransform.draw`'s values, drawn `DRAW_ROWS` constituents at a time
         (numpy draws a block in the order of that many single draws, so the values are the same)."""
-        count = self.transform.draws_per_image
-        if not count:
-            return None
         if self._draws is None or self._drawn == len(self._draws):
+            count = self.transform.draws_per_image
+            if not count:
+                return None
             self._draws, self._drawn = np.random.random_sample((DRAW_ROWS, count)), 0
         self._drawn += 1
         return self._draws[self._drawn - 1]

@@ -27,6 +27,9 @@ ItemKey = int | tuple[int, int, float] | tuple[int, int, float, int, int]
 
 EXTRA_CONSTITUENTS = ("b", "c", "d")
 """Key suffixes of the constituents after a: "pixel_values_b", "labels_c", "sample_index_d", ..."""
+_CONSTITUENT_KEYS = tuple(
+    (f"pixel_values_{suffix}", f"labels_{suffix}", f"sample_index_{suffix}") for suffix in EXTRA_CONSTITUENTS
+)
 
 
 def _is_row(value: Any) -> bool:
@@ -38,7 +41,11 @@ def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int,
 
     A single has `b = c = d = -1` and `r = 1.0`; a pair has `c = d = -1`; a 4-way composite has all four rows.
     """
-    if _is_row(key):
+    if type(key) is int:  # the sampler's own keys take the first two branches, without the ABC checks
+        a, b, ratio, c, d = key, -1, 1.0, -1, -1
+    elif type(key) is tuple and len(key) == 3 and type(key[0]) is int and type(key[1]) is int and type(key[2]) is float:
+        (a, b, ratio), c, d = key, -1, -1
+    elif _is_row(key):
         a, b, ratio, c, d = int(key), -1, 1.0, -1, -1
     elif (
         isinstance(key, (tuple, list))
@@ -53,7 +60,7 @@ def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int,
             f"dataset keys must be an int row, an (a, b, r) or an (a, b, r, c, d) tuple, got {key!r}; use the "
             "InterTrain batch sampler or a plain sampler"
         )
-    if not 0 <= a < size or not all(-1 <= x < size for x in (b, c, d)):
+    if not (0 <= a < size and -1 <= b < size and -1 <= c < size and -1 <= d < size):
         raise IndexError(
             f"item key {key!r} is out of range for split '{split_name}' with {size} rows; rows must lie in [0, {size}) "
             "and b may be -1 for a single"
@@ -90,16 +97,15 @@ class InterTrainItemDataset(torch.utils.data.Dataset):
         parsed = [parse_item_key(key, len(self), self.split_name) for key in keys]
         prefetched = self.prefetch_rows(sorted({row for a, b, _, c, d in parsed for row in (a, b, c, d) if row >= 0}))
         items = []
+        fetch_row = self.fetch_row
         for a, b, ratio, c, d in parsed:
-            pixels, label = self.fetch_row(a, prefetched)
+            pixels, label = fetch_row(a, prefetched)
             item = {"pixel_values": pixels, "labels": label, "sample_index": a}
-            for suffix, row in zip(EXTRA_CONSTITUENTS, (b, c, d)):
-                if row >= 0:
-                    pixels, label = self.fetch_row(row, prefetched)
-                    item.update(
-                        {f"pixel_values_{suffix}": pixels, f"labels_{suffix}": label, f"sample_index_{suffix}": row}
-                    )
             if b >= 0:
+                for names, row in zip(_CONSTITUENT_KEYS, (b, c, d)):
+                    if row >= 0:
+                        pixels, label = fetch_row(row, prefetched)
+                        item[names[0]], item[names[1]], item[names[2]] = pixels, label, row
                 item["interp_ratio"] = ratio
             items.append(item)
         return items
@@ -237,6 +243,8 @@ def batch_seeds(seed: int, epoch: int, keys: Sequence[ItemKey]) -> list[int]:
             entropy += [int(key[0]), int(key[1]) + 1] + [int(x) + 1 for x in key[3:]]
         else:
             entropy.append(int(key))
+    if 0 <= min(entropy) and max(entropy) < 2**32:
+        entropy = np.asarray(entropy, dtype=np.uint32)  # the same words SeedSequence makes of the list, made at once
     return [int(value) for value in np.random.SeedSequence(entropy).generate_state(3)]
 
 

@@ -141,6 +141,15 @@ def test_command_help_lists_its_fields(capfd, command, flags):
         assert flag in out
 
 
+def test_compare_help_names_every_variant(capfd):
+    from hf_intertrain.compare import VARIANTS
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = " ".join(capfd.readouterr()[0].split())
+    assert [name for name in VARIANTS if name not in out] == []
+
+
 def test_flags_override_the_recipe_and_the_recipe_overrides_defaults(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(

@@ -247,13 +247,11 @@ class DeviceImageDataset(InterTrainItemDataset):
         return PixelRequest(self.key, row, draws, value, stored_bytes(value)), int(self.labels[row])
 
     def _next_draws(self) -> np.ndarray | None:
-        """The next constituent's draws: `DeviceTransform.draw`'s values, drawn `DRAW_ROWS` constituents at a time
-        (numpy draws a block in the order of that many single draws, so the values are the same)."""
+        """The next constituent's draws, from blocks of `DRAW_ROWS` constituents' (`DeviceTransform.draw`)."""
         if self._draws is None or self._drawn == len(self._draws):
-            count = self.transform.draws_per_image
-            if not count:
+            self._draws, self._drawn = self.transform.draw(DRAW_ROWS), 0
+            if self._draws is None:
                 return None
-            self._draws, self._drawn = np.random.random_sample((DRAW_ROWS, count)), 0
         self._drawn += 1
         return self._draws[self._drawn - 1]
 

@@ -106,10 +106,11 @@ class DeviceTransform:
             return 0
         return 3 if self.small else 4 * RRC_ATTEMPTS + 2
 
-    def draw(self) -> np.ndarray | None:
-        """One image's draws from numpy's global generator (seeded per batch by `BatchSeededDataset`)."""
+    def draw(self, images: int) -> np.ndarray | None:
+        """`images` images' draws [images, draws_per_image] from numpy's global generator (seeded per batch by
+        `BatchSeededDataset`): row i holds what the i-th of that many one-image draws would give; None in evaluation."""
         count = self.draws_per_image
-        return np.random.random_sample(count) if count else None
+        return np.random.random_sample((images, count)) if count else None
 
     def __call__(
         self, images: Images, draws: torch.Tensor | None = None, channels_last: bool = False

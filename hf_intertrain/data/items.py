@@ -41,10 +41,8 @@ def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int,
 
     A single has `b = c = d = -1` and `r = 1.0`; a pair has `c = d = -1`; a 4-way composite has all four rows.
     """
-    if type(key) is int:  # the sampler's own keys take the first two branches, without the ABC checks
-        a, b, ratio, c, d = key, -1, 1.0, -1, -1
-    elif type(key) is tuple and len(key) == 3 and type(key[0]) is int and type(key[1]) is int and type(key[2]) is float:
-        (a, b, ratio), c, d = key, -1, -1
+    if type(key) is tuple and len(key) == 3 and type(key[0]) is int and type(key[1]) is int and type(key[2]) is float:
+        (a, b, ratio), c, d = key, -1, -1  # the sampler's pairs, without the ABC checks
     elif _is_row(key):
         a, b, ratio, c, d = int(key), -1, 1.0, -1, -1
     elif (

@@ -270,7 +270,7 @@ class InterTrainTrainer(Trainer):
         """The parent's count; a device-pipeline batch, which reaches it still as `PixelRequest`s, is counted as the
         pixels they become."""
         pixels = inputs.get("pixel_values")
-        if isinstance(pixels, list):
+        if pixels is not None and not isinstance(pixels, torch.Tensor):
             height, width = self.intertrain_image_size
             inputs = {**inputs, "pixel_values": torch.empty((len(pixels), 3, height, width), device="meta")}
         return super().floating_point_ops(inputs)

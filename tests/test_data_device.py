@@ -16,6 +16,7 @@ from hf_intertrain.data import (
     DeviceImageDataset,
     InterTrainCollator,
     PixelRequest,
+    PixelRequests,
     choose_data_pipeline,
     load_image_classification_data,
     materialize_pixels,
@@ -24,6 +25,8 @@ from hf_intertrain.data import (
 from hf_intertrain.data import device as device_module
 from hf_intertrain.data.device import build_device_datasets, cache_budget
 from hf_intertrain.data.device_transforms import normalize, pad_crop_flip
+from hf_intertrain.data.items import batch_seeds
+from hf_intertrain.data.rng import preserved_host_rngs
 
 MEAN, STD = FLAT_CONFIG["mean"], FLAT_CONFIG["std"]
 FIRST = [5, (1, 7, 0.3), (2, -1, 1.0)]
@@ -70,6 +73,51 @@ def test_device_dataset_serves_pixel_requests_for_every_key_shape(tmp_path):
     request = uncached[4]["pixel_values"]
     stored = split.cast_column("image", datasets.Image(decode=False))[4]["image"]["bytes"]
     assert request.draws is None and request.encoded == stored  # eval, not cached: the file
+
+
+def test_the_collator_makes_a_batch_of_requests_of_arrays_in_item_order(training_rows):
+    items = BatchSeededDataset(training_rows, seed=0).__getitems__(SECOND)
+    a_requests = [item["pixel_values"] for item in (items[0], items[2], items[1])]  # composites, pairs, singles
+
+    batch = InterTrainCollator()(items)
+
+    requests = batch["pixel_values"]
+    assert isinstance(requests, PixelRequests) and len(requests) == 3
+    assert requests.rows.tolist() == [9, 6, 0] and requests.rows.dtype == np.int64
+    np.testing.assert_array_equal(requests.draws, np.stack([request.draws for request in a_requests]))
+    assert [(request.row, request.draws.tolist()) for request in requests] == [
+        (request.row, request.draws.tolist()) for request in a_requests
+    ]
+    assert pickle.loads(pickle.dumps(requests)).rows.tolist() == [9, 6, 0]
+    both = PixelRequests.of([requests, batch["pixel_values_b"]])
+    assert both.rows.tolist() == [9, 6, 0, 11, 13] and both.draws.shape == (5, 3)
+
+
+def test_requests_of_two_datasets_or_of_mixed_splits_are_refused(training_rows, tmp_path):
+    train = training_rows.__getitems__([1])[0]["pixel_values"]
+    evaluation = make_device_dataset(make_split(3), tmp_path / "eval").__getitems__([2])[0]["pixel_values"]
+
+    with pytest.raises(ValueError, match="come from 2 datasets"):
+        PixelRequests.of([train, evaluation])
+    with pytest.raises(ValueError, match="mixes training requests"):
+        PixelRequests.of([train, PixelRequest(train.source, 2, None)])
+
+
+def test_seeded_fetch_draws_what_the_seeded_global_generator_draws_and_leaves_it_alone(training_rows):
+    seeds = batch_seeds(0, 4, SECOND)
+    with preserved_host_rngs(seeds):
+        expected = InterTrainCollator()(training_rows.__getitems__(SECOND))
+    np.random.seed(123)
+    state = np.random.get_state()
+
+    got = InterTrainCollator()(training_rows.getitems_seeded(SECOND, seeds))
+
+    for key in ("pixel_values", "pixel_values_b", "pixel_values_c", "pixel_values_d"):
+        np.testing.assert_array_equal(got[key].draws, expected[key].draws)
+    after = np.random.get_state()
+    assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
+    other = InterTrainCollator()(training_rows.getitems_seeded(SECOND, [1, 2, 3]))
+    assert not np.array_equal(got["pixel_values"].draws, other["pixel_values"].draws)
 
 
 def test_every_constituent_becomes_a_padded_crop_of_its_own_row(training_rows):

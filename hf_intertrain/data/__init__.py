@@ -12,14 +12,15 @@
 - `decode`: decode a batch of encoded images on the training device (nvjpeg on CUDA, torchvision on the CPU).
 - `device_transforms`: the train and eval transforms on whole batches of uint8 images, randomness injected.
 - `device`: the device pipeline (`--data_pipeline device`): `DeviceImageDataset` serves `PixelRequest`s (row keys
-  and augmentation draws) for the same item keys and `InterTrainCollator`, `materialize_pixels` turns a batch's
-  requests into pixels on the device, `choose_data_pipeline` resolves `auto`.
+  and augmentation draws) for the same item keys, `InterTrainCollator` makes a batch's requests one `PixelRequests`,
+  `materialize_pixels` turns them into pixels on the device, `choose_data_pipeline` resolves `auto`.
 """
 
 from ..constants import EMBEDDED_DATASET
 from .device import (
     DeviceImageDataset,
     PixelRequest,
+    PixelRequests,
     build_device_dataset,
     build_device_datasets,
     choose_data_pipeline,
@@ -71,6 +72,7 @@ __all__ = [
     "ItemDataset",
     "ItemKey",
     "PixelRequest",
+    "PixelRequests",
     "SmallImageTransform",
     "as_item_dataset",
     "batch_seeds",

@@ -147,7 +147,8 @@ DRAW_ROWS = 256
 
 class PixelRequest:
     """One constituent as the loader carries it: its dataset's key, its row, its augmentation draws (None in
-    evaluation) and, when its split is not cached, its stored value and encoded file."""
+    evaluation) and, when its split is not cached, its stored value and encoded file. `InterTrainCollator` makes a
+    batch's requests one `PixelRequests` (`collate`)."""
 
     __slots__ = ("source", "row", "draws", "value", "encoded")
 
@@ -164,6 +165,104 @@ class PixelRequest:
 
     def __repr__(self) -> str:
         return f"PixelRequest(row={self.row}, draws={None if self.draws is None else len(self.draws)})"
+
+    @classmethod
+    def collate(cls, requests: Sequence[PixelRequest]) -> PixelRequests:
+        return PixelRequests.of(requests)
+
+
+class PixelRequests:
+    """A batch's `PixelRequest`s in order, as arrays: one dataset key, the rows int64 [n], the draws float64
+    [n, draws_per_image] (None in evaluation) and, uncached, the stored values and files.
+
+    Arrays pickle in one piece, so loader workers hand a batch to the training process at little cost; iterating
+    gives the `PixelRequest`s back.
+    """
+
+    __slots__ = ("source", "rows", "draws", "values", "encoded")
+
+    def __init__(
+        self,
+        source: str,
+        rows: np.ndarray,
+        draws: np.ndarray | None,
+        values: list[dict] | None = None,
+        encoded: list[bytes] | None = None,
+    ):
+        self.source, self.rows, self.draws, self.values, self.encoded = source, rows, draws, values, encoded
+
+    @classmethod
+    def of(cls, requests: Sequence[PixelRequest | PixelRequests]) -> PixelRequests:
+        """The requests (single ones or batches) in order, as one batch.
+
+        Raises:
+            ValueError: When they belong to different datasets, or only some carry draws.
+        """
+        if not requests:
+            raise ValueError("a batch needs at least one pixel request")
+        if all(type(request) is PixelRequest for request in requests):
+            return cls._of_singles(requests)
+        parts = [part if isinstance(part, PixelRequests) else cls._of_singles([part]) for part in requests]
+        _check_one_source({part.source for part in parts})
+        with_draws = _check_draws([part.draws is not None for part in parts])
+        if len(parts) == 1:
+            return parts[0]
+        cached = all(part.values is None for part in parts)
+        return cls(
+            parts[0].source,
+            np.concatenate([part.rows for part in parts]),
+            np.concatenate([part.draws for part in parts]) if with_draws else None,
+            None if cached else [value for part in parts for value in part.values],
+            None if cached else [data for part in parts for data in part.encoded],
+        )
+
+    @classmethod
+    def _of_singles(cls, requests: Sequence[PixelRequest]) -> PixelRequests:
+        _check_one_source({request.source for request in requests})
+        draws = [request.draws for request in requests]
+        with_draws = _check_draws([value is not None for value in draws])
+        cached = all(request.value is None for request in requests)
+        return cls(
+            requests[0].source,
+            np.fromiter((request.row for request in requests), dtype=np.int64, count=len(requests)),
+            np.stack(draws) if with_draws else None,
+            None if cached else [request.value for request in requests],
+            None if cached else [request.encoded for request in requests],
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        for i, row in enumerate(self.rows.tolist()):
+            yield PixelRequest(
+                self.source, row, None if self.draws is None else self.draws[i],
+                None if self.values is None else self.values[i], b"" if self.encoded is None else self.encoded[i],
+            )
+
+    def __getstate__(self):
+        return (self.source, self.rows, self.draws, self.values, self.encoded)
+
+    def __setstate__(self, state):
+        self.source, self.rows, self.draws, self.values, self.encoded = state
+
+    def __repr__(self) -> str:
+        return f"PixelRequests({len(self)} rows, draws={self.draws is not None})"
+
+
+def _check_one_source(sources: set[str]) -> None:
+    if len(sources) != 1:
+        raise ValueError(
+            f"a batch's pixel requests come from {len(sources)} datasets; one loader must serve one DeviceImageDataset"
+        )
+
+
+def _check_draws(carried: list[bool]) -> bool:
+    """Whether every request carries draws (training); raises when only some do."""
+    count = sum(carried)
+    if count not in (0, len(carried)):
+        raise ValueError("a batch mixes training requests (with draws) and evaluation ones; fetch it from one split")
+    return count > 0
 
 
 class DeviceImageDataset(InterTrainItemDataset):
@@ -205,6 +304,7 @@ class DeviceImageDataset(InterTrainItemDataset):
         self._stores: dict[str, torch.Tensor] = {}
         self._draws: np.ndarray | None = None
         self._drawn = 0
+        self._generator: np.random.RandomState | None = None
         self.key = uuid.uuid4().hex
         _DATASETS[self.key] = self
 
@@ -224,7 +324,7 @@ class DeviceImageDataset(InterTrainItemDataset):
         return self._pixels
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pixels": None, "_stores": {}, "_draws": None, "_drawn": 0}
+        return {**self.__dict__, "_pixels": None, "_stores": {}, "_draws": None, "_drawn": 0, "_generator": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -232,6 +332,16 @@ class DeviceImageDataset(InterTrainItemDataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def getitems_seeded(self, keys: Sequence[Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
+        """`__getitems__` with the draws from `np.random.RandomState(seeds[1])`: the values numpy's global generator
+        gives after `np.random.seed(seeds[1])`, as `preserved_host_rngs` seeds it, without saving and restoring the
+        host generators (this dataset draws from numpy only)."""
+        self._generator = np.random.RandomState(int(seeds[1]))
+        try:
+            return self.__getitems__(keys)
+        finally:
+            self._generator = None
 
     def prefetch_rows(self, rows: list[int]) -> dict[int, dict] | None:
         self._draws, self._drawn = None, 0  # a batch starts: its draws start from the batch's seed
@@ -249,33 +359,37 @@ class DeviceImageDataset(InterTrainItemDataset):
     def _next_draws(self) -> np.ndarray | None:
         """The next constituent's draws, from blocks of `DRAW_ROWS` constituents' (`DeviceTransform.draw`)."""
         if self._draws is None or self._drawn == len(self._draws):
-            self._draws, self._drawn = self.transform.draw(DRAW_ROWS), 0
+            self._draws, self._drawn = self.transform.draw(DRAW_ROWS, self._generator), 0
             if self._draws is None:
                 return None
         self._drawn += 1
         return self._draws[self._drawn - 1]
 
     def pixels(
-        self, requests: Sequence[PixelRequest], device: torch.device | str, channels_last: bool = False
+        self, requests: PixelRequests | Sequence[PixelRequest], device: torch.device | str, channels_last: bool = False
     ) -> torch.Tensor:
         """The requested constituents' normalised pixels, float32 [n, 3, size, size] on `device`, augmented with
         their draws."""
         device = torch.device(device)
-        rows = [request.row for request in requests]
+        requests = _as_batch(requests)
         if self.cached:
-            images = self._gather(rows, device).permute(0, 3, 1, 2)
+            images = self._gather(requests.rows, device).permute(0, 3, 1, 2)
         else:
-            encoded = [request.encoded for request in requests]
-            images = decode_batch(encoded, [request.value for request in requests], rows, self.split_name, device)
+            images = decode_batch(requests.encoded, requests.values, requests.rows.tolist(), self.split_name, device)
         draws = None
         if self.transform.is_training:
-            draws = torch.from_numpy(np.stack([request.draws for request in requests]))
+            if requests.draws is None:
+                raise ValueError(
+                    f"training pixels of split '{self.split_name}' need their draws; fetch them through the "
+                    "dataset's training items"
+                )
+            draws = torch.from_numpy(requests.draws)
         return self.transform(images, draws, channels_last)
 
-    def _gather(self, rows: list[int], device: torch.device) -> torch.Tensor:
+    def _gather(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
         """uint8 [n, H, W, 3] of `rows` on `device`: from the copy held there (CUDA), else from the memory map."""
         if device.type != "cuda":
-            return torch.from_numpy(self.cache[np.asarray(rows)]).to(device)
+            return torch.from_numpy(self.cache[rows]).to(device)
         store = self._stores.get(str(device))
         if store is None:
             store = torch.empty(self.cache.shape, dtype=torch.uint8, device=device)
@@ -283,7 +397,7 @@ class DeviceImageDataset(InterTrainItemDataset):
                 chunk = np.ascontiguousarray(self.cache[start : start + UPLOAD_ROWS])
                 store[start : start + UPLOAD_ROWS].copy_(torch.from_numpy(chunk))
             self._stores[str(device)] = store
-        return store[torch.tensor(rows, device=device)]
+        return store[torch.from_numpy(rows).to(device)]
 
 
 def build_device_dataset(
@@ -356,14 +470,20 @@ def dataset_pipeline(requested: str, train_dataset: Any) -> str:
 
 
 def _requests(value: Any) -> bool:
+    if isinstance(value, PixelRequests):
+        return True
     return isinstance(value, list) and bool(value) and isinstance(value[0], PixelRequest)
+
+
+def _as_batch(value: PixelRequests | list[PixelRequest]) -> PixelRequests:
+    return value if isinstance(value, PixelRequests) else PixelRequests.of(value)
 
 
 def materialize_pixels(
     inputs: dict[str, Any], device: torch.device | str, channels_last: bool = False
 ) -> dict[str, Any]:
-    """A collated batch with its `PixelRequest` lists replaced by normalised pixels on `device`, every constituent
-    made in one call; a batch without requests is returned as it is.
+    """A collated batch with its `PixelRequests` (or lists of `PixelRequest`) replaced by normalised pixels on
+    `device`, every constituent made in one call; a batch without requests is returned as it is.
 
     Raises:
         KeyError: When the requests' dataset is gone (a batch outlived its dataset).
@@ -371,8 +491,8 @@ def materialize_pixels(
     keys = [key for key in PIXEL_KEYS if _requests(inputs.get(key))]
     if not keys:
         return inputs
-    requests = [request for key in keys for request in inputs[key]]
-    dataset = _DATASETS.get(requests[0].source)
+    requests = PixelRequests.of([_as_batch(inputs[key]) for key in keys])
+    dataset = _DATASETS.get(requests.source)
     if dataset is None:
         raise KeyError(
             "the batch's pixels belong to a DeviceImageDataset this process no longer holds; keep the dataset alive "

@@ -106,11 +106,14 @@ class DeviceTransform:
             return 0
         return 3 if self.small else 4 * RRC_ATTEMPTS + 2
 
-    def draw(self, images: int) -> np.ndarray | None:
-        """`images` images' draws [images, draws_per_image] from numpy's global generator (seeded per batch by
-        `BatchSeededDataset`): row i holds what the i-th of that many one-image draws would give; None in evaluation."""
+    def draw(self, images: int, generator: np.random.RandomState | None = None) -> np.ndarray | None:
+        """`images` images' draws [images, draws_per_image] from `generator` (default: numpy's global one), as
+        `BatchSeededDataset` seeds it per batch: row i holds what the i-th of that many one-image draws would give;
+        None in evaluation."""
         count = self.draws_per_image
-        return np.random.random_sample((images, count)) if count else None
+        if not count:
+            return None
+        return (np.random if generator is None else generator).random_sample((images, count))
 
     def __call__(
         self, images: Images, draws: torch.Tensor | None = None, channels_last: bool = False
@@ -140,12 +143,12 @@ class DeviceTransform:
         if isinstance(images, torch.Tensor):
             images = resize_shorter_side(images, size, self.interpolation, exact_short_side=False)
             tops, lefts, flips = crop_offsets(draws, images.shape[-2], images.shape[-1], size, padding)
-            return pad_crop_flip(images, size, tops, lefts, flips)
+            return pad_crop_flip(images, size, tops, lefts, flips, pad=padding)
         out = []
         for i, image in enumerate(images):
             image = resize_shorter_side(image[None], size, self.interpolation, exact_short_side=False)
             tops, lefts, flips = crop_offsets(draws[i : i + 1], image.shape[-2], image.shape[-1], size, padding)
-            out.append(pad_crop_flip(image, size, tops, lefts, flips))
+            out.append(pad_crop_flip(image, size, tops, lefts, flips, pad=padding))
         return torch.cat(out)
 
     def _large_train(self, images: Images, draws: torch.Tensor) -> torch.Tensor:
@@ -291,7 +294,12 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def pad_crop_flip(
-    images: torch.Tensor, size: int, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor
+    images: torch.Tensor,
+    size: int,
+    tops: torch.Tensor,
+    lefts: torch.Tensor,
+    flips: torch.Tensor,
+    pad: int | None = None,
 ) -> torch.Tensor:
     """Per-image size x size windows of zero-padded images, mirrored where flipped, by one gather.
 
@@ -302,13 +310,18 @@ def pad_crop_flip(
         images: [B, C, H, W], any dtype and device.
         size: The window's side.
         tops, lefts: int64 [B]; flips: bool [B].
+        pad: Zero padding on each side, enough for every window (as `crop_offsets`'s padding is); None works it out
+            from the windows.
 
     Returns:
         [B, C, size, size] of the images' dtype, on their device.
     """
     batch, channels, height, width = images.shape
     tops, lefts, flips = tops.cpu(), lefts.cpu(), flips.cpu()
-    pad = max(0, -int(tops.min()), -int(lefts.min()), int(tops.max()) + size - height, int(lefts.max()) + size - width)
+    if pad is None:
+        pad = max(
+            0, -int(tops.min()), -int(lefts.min()), int(tops.max()) + size - height, int(lefts.max()) + size - width
+        )
     padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
     padded_width = width + 2 * pad
     steps = torch.arange(size)

@@ -108,6 +108,12 @@ class InterTrainItemDataset(torch.utils.data.Dataset):
             items.append(item)
         return items
 
+    def getitems_seeded(self, keys: Sequence[ItemKey], seeds: Sequence[int]) -> list[dict[str, Any]]:
+        """`__getitems__` with Python's, numpy's and torch's CPU generators seeded by `seeds` (`batch_seeds`) and
+        restored afterwards; a subclass that draws from its own generator may seed only that one."""
+        with preserved_host_rngs(seeds):
+            return self.__getitems__(keys)
+
     def prefetch_rows(self, rows: list[int]) -> Any:
         """Whatever `fetch_row` needs of a batch's distinct rows (sorted), read in one go; by default nothing."""
         return None
@@ -189,8 +195,8 @@ class InterTrainCollator:
     "interp_ratio" is nominal (the shares come with the partition). A batch without pairs has only the a-keys, so the
     same collator serves evaluation; "sample_index" is left out when the items lack it, as after the Trainer's
     `remove_unused_columns` drops keys the model's `forward` does not take. Pixel tensors are stacked as they come,
-    whatever their dtype; pixels that are not tensors (the device pipeline's `device.PixelRequest`s) are kept as a list
-    in the same order.
+    whatever their dtype; pixels whose class has a `collate` classmethod (the device pipeline's `device.PixelRequest`)
+    are collated by it, in the same order; other pixels that are not tensors are kept as a list.
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -215,9 +221,13 @@ class InterTrainCollator:
         return batch
 
 
-def _stack_pixels(values: list[Any]) -> torch.Tensor | list[Any]:
-    """Pixel tensors stacked along a new first dimension; anything else as a list."""
-    return torch.stack(values) if isinstance(values[0], torch.Tensor) else list(values)
+def _stack_pixels(values: list[Any]) -> Any:
+    """Pixel tensors stacked along a new first dimension; values whose class has a `collate` classmethod (the device
+    pipeline's `device.PixelRequest`) as it makes them; anything else as a list."""
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(values)
+    collate = getattr(type(values[0]), "collate", None)
+    return collate(values) if collate is not None else list(values)
 
 
 def _stack_constituent(items: list[dict[str, Any]], suffix: str) -> dict[str, torch.Tensor]:
@@ -252,8 +262,9 @@ class BatchSeededDataset(torch.utils.data.Dataset):
     Augmentation then depends on the epoch plan only, not on how many batches were fetched before or in which
     process: a run resumed mid-epoch (whose skipped batches are never fetched) augments the remaining batches as
     the uninterrupted run did, whatever `dataloader_num_workers`. The global RNG states are restored after each
-    fetch (`preserved_host_rngs`), so the training step's own randomness (dropout) is what transformers saves in its
-    checkpoints. `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the
+    fetch (`preserved_host_rngs`; an `InterTrainItemDataset` that draws from a generator of its own, as the device
+    pipeline's does, seeds only that one in `getitems_seeded`), so the training step's own randomness (dropout) is
+    what transformers saves in its checkpoints. `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the
     value of the epoch they started in; the batch's items still differ from epoch to epoch).
     """
 
@@ -269,5 +280,8 @@ class BatchSeededDataset(torch.utils.data.Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: Sequence[ItemKey]) -> list[dict[str, Any]]:
-        with preserved_host_rngs(batch_seeds(self.seed, self.epoch, keys)):
+        seeds = batch_seeds(self.seed, self.epoch, keys)
+        if isinstance(self.dataset, InterTrainItemDataset):
+            return self.dataset.getitems_seeded(keys, seeds)
+        with preserved_host_rngs(seeds):
             return self.dataset.__getitems__(keys)

@@ -157,12 +157,6 @@ class PixelRequest:
     ):
         self.source, self.row, self.draws, self.value, self.encoded = source, row, draws, value, encoded
 
-    def __getstate__(self):
-        return (self.source, self.row, self.draws, self.value, self.encoded)
-
-    def __setstate__(self, state):
-        self.source, self.row, self.draws, self.value, self.encoded = state
-
     def __repr__(self) -> str:
         return f"PixelRequest(row={self.row}, draws={None if self.draws is None else len(self.draws)})"
 
@@ -239,12 +233,6 @@ class PixelRequests:
                 self.source, row, None if self.draws is None else self.draws[i],
                 None if self.values is None else self.values[i], b"" if self.encoded is None else self.encoded[i],
             )
-
-    def __getstate__(self):
-        return (self.source, self.rows, self.draws, self.values, self.encoded)
-
-    def __setstate__(self, state):
-        self.source, self.rows, self.draws, self.values, self.encoded = state
 
     def __repr__(self) -> str:
         return f"PixelRequests({len(self)} rows, draws={self.draws is not None})"

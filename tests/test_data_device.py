@@ -15,6 +15,7 @@ from hf_intertrain.data import (
     BatchSeededDataset,
     DeviceImageDataset,
     InterTrainCollator,
+    PixelItems,
     PixelRequest,
     PixelRequests,
     choose_data_pipeline,
@@ -118,6 +119,36 @@ def test_seeded_fetch_draws_what_the_seeded_global_generator_draws_and_leaves_it
     assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
     other = InterTrainCollator()(training_rows.getitems_seeded(SECOND, [1, 2, 3]))
     assert not np.array_equal(got["pixel_values"].draws, other["pixel_values"].draws)
+
+
+def test_a_cached_batch_is_fetched_as_arrays_that_collate_as_its_items_do(training_rows):
+    items = training_rows.__getitems__(SECOND + FIRST)
+
+    fast, slow = InterTrainCollator()(items), InterTrainCollator()(list(items))
+
+    assert isinstance(items, PixelItems) and list(fast) == list(slow)
+    for key, value in fast.items():
+        if isinstance(value, PixelRequests):
+            assert value.rows.tolist() == slow[key].rows.tolist() and np.array_equal(value.draws, slow[key].draws)
+        else:
+            assert torch.equal(value, slow[key]), key
+    assert pickle.loads(pickle.dumps(items)).rows.tolist() == items.rows.tolist()
+
+
+def test_a_cached_batch_draws_what_the_row_by_row_fetch_draws(training_rows, tmp_path):
+    uncached = make_device_dataset(make_split(14, seed=1), tmp_path / "files", training=True, cache=False)
+    keys = [(i % 14, (i + 5) % 14, 0.5) for i in range(140)]  # 280 constituents: two of the row fetch's draw blocks
+    seeds = batch_seeds(0, 1, keys)
+
+    arrays = InterTrainCollator()(training_rows.getitems_seeded(keys, seeds))
+    rows = InterTrainCollator()(uncached.getitems_seeded(keys, seeds))
+
+    assert not uncached.cached
+    for key in ("pixel_values", "pixel_values_b"):
+        assert arrays[key].rows.tolist() == rows[key].rows.tolist()
+        np.testing.assert_array_equal(arrays[key].draws, rows[key].draws)
+    again = InterTrainCollator()(training_rows.getitems_seeded(keys, seeds))  # the reused generator is re-seeded
+    np.testing.assert_array_equal(again["pixel_values_b"].draws, arrays["pixel_values_b"].draws)
 
 
 def test_every_constituent_becomes_a_padded_crop_of_its_own_row(training_rows):

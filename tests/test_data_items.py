@@ -13,9 +13,11 @@ from hf_intertrain.data import (
     InterTrainCollator,
     InterTrainItemDataset,
     ItemDataset,
+    KeyedItems,
     as_item_dataset,
     batch_seeds,
     parse_item_key,
+    parse_item_keys,
 )
 
 
@@ -166,6 +168,56 @@ def test_collator_puts_four_way_composites_first_then_pairs_then_singles():
     assert batch["labels_c"].tolist() == [0] and batch["labels_d"].tolist() == [1]
     assert batch["pixel_values_c"].shape == (1, 3, 4, 4) and batch["pixel_values_d"][:, 0, 0, 0].tolist() == [13.0]
     assert set(InterTrainCollator()([pair(3, 9, 0.5)])) == {"pixel_values", "labels", "sample_index", "pixel_values_b", "labels_b", "sample_index_b", "interp_ratio"}
+
+
+class ConstantKeyedItems(KeyedItems):
+    """A batch fetched at once whose pixels are constants of their row, made one by one or per slot."""
+
+    def pixel(self, i, slot):
+        return torch.full((3, 2, 2), float(self.rows[i, slot]))
+
+    def pixels(self, index, slot):
+        return torch.from_numpy(self.rows[index, slot].astype(np.float32))[:, None, None, None].expand(-1, 3, 2, 2)
+
+
+def keyed(keys: list, size: int = 20) -> ConstantKeyedItems:
+    rows, ratio = parse_item_keys(keys, size)
+    return ConstantKeyedItems(rows, ratio, np.where(rows >= 0, rows % 3, -1))
+
+
+def test_a_batch_fetched_as_arrays_collates_as_its_items_do():
+    items = keyed([7, (3, 9, 0.25), (10, 11, 0.75, 12, 13), (4, -1, 1.0), (1, 2, 0.5), (14, 15, 0.5, 16, 17)])
+
+    fast, slow = InterTrainCollator()(items), InterTrainCollator()(list(items))
+
+    assert list(fast) == list(slow)
+    for key in fast:
+        assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key
+    assert fast["sample_index"].tolist() == [10, 14, 3, 1, 7, 4] and fast["sample_index_d"].tolist() == [13, 17]
+    assert fast["interp_ratio"].tolist() == [0.75, 0.5, 0.25, 0.5]
+    assert set(InterTrainCollator()(keyed([2, 5]))) == {"pixel_values", "labels", "sample_index"}
+
+
+def test_an_item_of_a_batch_fetched_as_arrays_is_the_item_dict():
+    items = keyed([(3, 9, 0.25), 7])
+
+    assert set(items[0]) == {
+        "pixel_values", "labels", "sample_index", "pixel_values_b", "labels_b", "sample_index_b", "interp_ratio"
+    }
+    assert (items[0]["sample_index_b"], items[0]["labels_b"], items[0]["interp_ratio"]) == (9, 0, 0.25)
+    assert set(items[1]) == {"pixel_values", "labels", "sample_index"} and len(items) == 2
+    with pytest.raises(TypeError, match="indexed by an item's position"):
+        items[0:1]
+
+
+def test_parse_item_keys_gives_the_rows_and_ratios_of_every_key():
+    rows, ratio = parse_item_keys([3, (3, 4, 0.5), [0, 1, 0.25, 2, 3]], 5)
+
+    assert rows.tolist() == [[3, -1, -1, -1], [3, 4, -1, -1], [0, 1, 2, 3]] and rows.dtype == np.int64
+    assert ratio.tolist() == [1.0, 0.5, 0.25]
+    assert parse_item_keys([], 5)[0].shape == (0, 4)
+    with pytest.raises(IndexError, match="out of range"):
+        parse_item_keys([1, (2, 5, 0.5)], 5)
 
 
 # ----------------------------------------------------------------------------------------------

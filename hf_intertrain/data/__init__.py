@@ -19,6 +19,7 @@
 from ..constants import EMBEDDED_DATASET
 from .device import (
     DeviceImageDataset,
+    PixelItems,
     PixelRequest,
     PixelRequests,
     build_device_dataset,
@@ -37,9 +38,11 @@ from .items import (
     InterTrainItemDataset,
     ItemDataset,
     ItemKey,
+    KeyedItems,
     as_item_dataset,
     batch_seeds,
     parse_item_key,
+    parse_item_keys,
 )
 from .loading import (
     EVAL_SPLIT_CANDIDATES,
@@ -71,6 +74,8 @@ __all__ = [
     "InterTrainItemDataset",
     "ItemDataset",
     "ItemKey",
+    "KeyedItems",
+    "PixelItems",
     "PixelRequest",
     "PixelRequests",
     "SmallImageTransform",
@@ -87,6 +92,7 @@ __all__ = [
     "materialize_pixels",
     "normalization_of",
     "parse_item_key",
+    "parse_item_keys",
     "preserved_host_rngs",
     "read_labels",
     "to_rgb",

@@ -7,7 +7,8 @@ workers. Here (docs/method.md, "Choices where the paper is silent"):
 - `DeviceImageDataset` serves the InterTrain item keys like every `InterTrainItemDataset`, but each constituent's
   "pixel_values" is a `PixelRequest`: its row, its augmentation draws (`DeviceTransform.draw`, made under the
   batch's seeds by `BatchSeededDataset`, so resumed and multi-process runs draw what the uninterrupted run draws)
-  and, for a split that is not cached, its encoded file. `InterTrainCollator` keeps them as lists.
+  and, for a split that is not cached, its encoded file. A cached split fetches a whole batch at once, as arrays
+  (`PixelItems`); `InterTrainCollator` makes each constituent slot's requests one `PixelRequests`.
 - `materialize_pixels`, called by the trainer on every batch (training and evaluation), gathers the batch's images
   by row (every constituent of every pair and 4-way composite at once) from the split's decoded cache
   (`pixel_cache.py`), held whole on a CUDA device, or decodes their files there (`decode.py`), then augments and
@@ -33,7 +34,7 @@ import torch
 from ..constants import DATA_PIPELINES
 from .decode import decode_batch, stored_bytes
 from .device_transforms import DeviceTransform
-from .items import EXTRA_CONSTITUENTS, InterTrainItemDataset
+from .items import EXTRA_CONSTITUENTS, InterTrainItemDataset, KeyedItems, parse_item_keys
 from .loading import ImageClassificationData, read_labels, undecoded_images
 from .pixel_cache import first_image_size, load_pixel_cache
 
@@ -238,6 +239,27 @@ class PixelRequests:
         return f"PixelRequests({len(self)} rows, draws={self.draws is not None})"
 
 
+class PixelItems(KeyedItems):
+    """A cached split's batch as `DeviceImageDataset.__getitems__` returns it: the keys' rows, ratios and labels, and
+    each constituent's draws float64 [n, 4, draws_per_image] (zero where a key has no such constituent; None in
+    evaluation). `InterTrainCollator` makes one `PixelRequests` per constituent slot of it, without a
+    `PixelRequest` per image."""
+
+    def __init__(
+        self, source: str, rows: np.ndarray, ratio: np.ndarray, labels: np.ndarray, draws: np.ndarray | None
+    ):
+        super().__init__(rows, ratio, labels)
+        self.source, self.draws = source, draws
+
+    def pixel(self, i: int, slot: int) -> PixelRequest:
+        return PixelRequest(self.source, int(self.rows[i, slot]), None if self.draws is None else self.draws[i, slot])
+
+    def pixels(self, index: np.ndarray, slot: int) -> PixelRequests:
+        return PixelRequests(
+            self.source, self.rows[index, slot], None if self.draws is None else self.draws[index, slot]
+        )
+
+
 def _check_one_source(sources: set[str]) -> None:
     if len(sources) != 1:
         raise ValueError(
@@ -293,6 +315,7 @@ class DeviceImageDataset(InterTrainItemDataset):
         self._draws: np.ndarray | None = None
         self._drawn = 0
         self._generator: np.random.RandomState | None = None
+        self._batch_generator: np.random.RandomState | None = None
         self.key = uuid.uuid4().hex
         _DATASETS[self.key] = self
 
@@ -312,7 +335,8 @@ class DeviceImageDataset(InterTrainItemDataset):
         return self._pixels
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pixels": None, "_stores": {}, "_draws": None, "_drawn": 0, "_generator": None}
+        return {**self.__dict__, "_pixels": None, "_stores": {}, "_draws": None, "_drawn": 0, "_generator": None,
+                "_batch_generator": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -321,28 +345,43 @@ class DeviceImageDataset(InterTrainItemDataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def getitems_seeded(self, keys: Sequence[Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
-        """`__getitems__` with the draws from `np.random.RandomState(seeds[1])`: the values numpy's global generator
-        gives after `np.random.seed(seeds[1])`, as `preserved_host_rngs` seeds it, without saving and restoring the
-        host generators (this dataset draws from numpy only)."""
-        self._generator = np.random.RandomState(int(seeds[1]))
+    def getitems_seeded(self, keys: Sequence[Any], seeds: Sequence[int]) -> PixelItems | list[dict[str, Any]]:
+        """`__getitems__` with the draws from a `np.random.RandomState` seeded with `seeds[1]`: the values numpy's
+        global generator gives after `np.random.seed(seeds[1])`, as `preserved_host_rngs` seeds it, without saving
+        and restoring the host generators (this dataset draws from numpy only). One generator is re-seeded per
+        batch: making a new one costs more than the rest of the fetch."""
+        if self._batch_generator is None:
+            self._batch_generator = np.random.RandomState()
+        self._batch_generator.seed(int(seeds[1]))
+        self._generator = self._batch_generator
         try:
             return self.__getitems__(keys)
         finally:
             self._generator = None
 
-    def prefetch_rows(self, rows: list[int]) -> dict[int, dict] | None:
+    def __getitems__(self, keys: Sequence[Any]) -> PixelItems | list[dict[str, Any]]:
+        """A cached split's batch as one `PixelItems`: the keys parsed and every constituent's draws made in one
+        call, in the order the per-row fetch draws them (a, b, c, d of each key in turn), so the values are those of
+        `InterTrainItemDataset.__getitems__`. An uncached split is served row by row (its files are read anyway)."""
+        if not self.cached:
+            return super().__getitems__(keys)
+        rows, ratio = parse_item_keys(keys, len(self), self.split_name)
+        present = rows >= 0
+        labels = np.where(present, self.labels[np.where(present, rows, 0)], -1)
+        flat = self.transform.draw(int(present.sum()), self._generator)
+        draws = None
+        if flat is not None:
+            draws = np.zeros(rows.shape + flat.shape[1:])
+            draws[present] = flat
+        return PixelItems(self.key, rows, ratio, labels, draws)
+
+    def prefetch_rows(self, rows: list[int]) -> dict[int, dict]:
         self._draws, self._drawn = None, 0  # a batch starts: its draws start from the batch's seed
-        if self.cached:
-            return None
         return dict(zip(rows, self.images[rows][self.image_column]))
 
-    def fetch_row(self, row: int, prefetched: dict[int, dict] | None) -> tuple[PixelRequest, int]:
-        draws = self._next_draws()
-        if prefetched is None:
-            return PixelRequest(self.key, row, draws), int(self.labels[row])
+    def fetch_row(self, row: int, prefetched: dict[int, dict]) -> tuple[PixelRequest, int]:
         value = prefetched[row]
-        return PixelRequest(self.key, row, draws, value, stored_bytes(value)), int(self.labels[row])
+        return PixelRequest(self.key, row, self._next_draws(), value, stored_bytes(value)), int(self.labels[row])
 
     def _next_draws(self) -> np.ndarray | None:
         """The next constituent's draws, from blocks of `DRAW_ROWS` constituents' (`DeviceTransform.draw`)."""

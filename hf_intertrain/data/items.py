@@ -30,6 +30,7 @@ EXTRA_CONSTITUENTS = ("b", "c", "d")
 _CONSTITUENT_KEYS = tuple(
     (f"pixel_values_{suffix}", f"labels_{suffix}", f"sample_index_{suffix}") for suffix in EXTRA_CONSTITUENTS
 )
+_SLOT_KEYS = (("pixel_values", "labels", "sample_index"), *_CONSTITUENT_KEYS)
 
 
 def _is_row(value: Any) -> bool:
@@ -70,6 +71,15 @@ def parse_item_key(key: Any, size: int, split_name: str = "train") -> tuple[int,
     if b >= 0 and not 0.0 <= ratio <= 1.0:
         raise ValueError(f"item key {key!r} has ratio {ratio} outside [0, 1]; r is a's share of the pair")
     return a, b, ratio, c, d
+
+
+def parse_item_keys(keys: Sequence[Any], size: int, split_name: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """`parse_item_key` of every key, as arrays: rows int64 [n, 4] (constituents a, b, c, d; -1 where absent) and
+    ratio float64 [n]."""
+    parsed = [parse_item_key(key, size, split_name) for key in keys]
+    rows = np.array([(a, b, c, d) for a, b, _, c, d in parsed], dtype=np.int64).reshape(len(parsed), 4)
+    ratio = np.fromiter((item[2] for item in parsed), dtype=np.float64, count=len(parsed))
+    return rows, ratio
 
 
 class InterTrainItemDataset(torch.utils.data.Dataset):
@@ -185,6 +195,47 @@ def as_item_dataset(dataset: Any) -> InterTrainItemDataset:
     return ItemDataset(dataset)
 
 
+class KeyedItems(Sequence):
+    """A batch's items as arrays, for a dataset that fetches a whole batch at once (the device pipeline's): rows
+    int64 [n, 4] (constituents a, b, c, d of each key, -1 where absent, as `parse_item_keys` gives them), ratio
+    float64 [n] (a's share) and labels int64 [n, 4].
+
+    Indexing gives the item dicts of `InterTrainItemDataset.__getitems__`, so any collator can take it;
+    `InterTrainCollator` collates the arrays without making them. A subclass says what a constituent's pixels are:
+    `pixel(i, slot)` for one, `pixels(index, slot)` for the items `index` at once.
+    """
+
+    def __init__(self, rows: np.ndarray, ratio: np.ndarray, labels: np.ndarray):
+        self.rows, self.ratio, self.labels = rows, ratio, labels
+
+    def pixel(self, i: int, slot: int) -> Any:
+        raise NotImplementedError
+
+    def pixels(self, index: np.ndarray, slot: int) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not isinstance(i, Integral):
+            raise TypeError(f"{type(self).__name__} is indexed by an item's position, got {i!r}")
+        rows, labels = self.rows[i].tolist(), self.labels[i].tolist()
+        item = {"pixel_values": self.pixel(i, 0), "labels": labels[0], "sample_index": rows[0]}
+        if rows[1] >= 0:
+            for slot, names in enumerate(_CONSTITUENT_KEYS, start=1):
+                if rows[slot] >= 0:
+                    item[names[0]], item[names[1]], item[names[2]] = self.pixel(i, slot), labels[slot], rows[slot]
+            item["interp_ratio"] = float(self.ratio[i])
+        return item
+
+
+def collate_order(pairs: np.ndarray, composites: np.ndarray) -> np.ndarray:
+    """`InterTrainCollator`'s order of a batch's items (bool masks of its pairs, 4-way composites included, and of
+    its 4-way composites): the composites, then the other pairs, then the singles, each in the given order."""
+    return np.argsort(np.where(composites, 0, np.where(pairs, 1, 2)), kind="stable")
+
+
 class InterTrainCollator:
     """Stack InterTrain items into a batch: 4-way composites first, then pairs (each in given order), then singles.
 
@@ -196,7 +247,8 @@ class InterTrainCollator:
     same collator serves evaluation; "sample_index" is left out when the items lack it, as after the Trainer's
     `remove_unused_columns` drops keys the model's `forward` does not take. Pixel tensors are stacked as they come,
     whatever their dtype; pixels whose class has a `collate` classmethod (the device pipeline's `device.PixelRequest`)
-    are collated by it, in the same order; other pixels that are not tensors are kept as a list.
+    are collated by it, in the same order; other pixels that are not tensors are kept as a list. A batch a dataset
+    fetched at once (`KeyedItems`) is collated from its arrays, into the same batch its items would make.
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -204,9 +256,12 @@ class InterTrainCollator:
             raise ValueError(
                 "InterTrainCollator got an empty batch; the sampler must yield at least one item per batch"
             )
-        quads = [item for item in features if "pixel_values_c" in item]
-        pairs = quads + [item for item in features if "pixel_values_b" in item and "pixel_values_c" not in item]
-        ordered = pairs + [item for item in features if "pixel_values_b" not in item]
+        if isinstance(features, KeyedItems):
+            return _collate_keyed(features)
+        has_pair = np.fromiter(("pixel_values_b" in item for item in features), dtype=bool, count=len(features))
+        has_quad = np.fromiter(("pixel_values_c" in item for item in features), dtype=bool, count=len(features))
+        ordered = [features[i] for i in collate_order(has_pair, has_quad).tolist()]
+        pairs, quads = ordered[: int((has_pair | has_quad).sum())], ordered[: int(has_quad.sum())]
         batch = {
             "pixel_values": _stack_pixels([item["pixel_values"] for item in ordered]),
             "labels": torch.tensor([item["labels"] for item in ordered], dtype=torch.int64),
@@ -219,6 +274,23 @@ class InterTrainCollator:
         for suffix in EXTRA_CONSTITUENTS[1:] if quads else ():
             batch.update(_stack_constituent(quads, suffix))
         return batch
+
+
+def _collate_keyed(items: KeyedItems) -> dict[str, Any]:
+    """`InterTrainCollator`'s batch made from `KeyedItems`' arrays."""
+    order = collate_order(items.rows[:, 1] >= 0, items.rows[:, 2] >= 0)
+    rows, labels = items.rows[order], items.labels[order]
+    counts = (len(order), int((rows[:, 1] >= 0).sum()), int((rows[:, 2] >= 0).sum()))
+    batch: dict[str, Any] = {}
+    for slot, (pixel_key, label_key, index_key) in enumerate(_SLOT_KEYS):
+        count = counts[min(slot, 2)]
+        if count:
+            batch[pixel_key] = items.pixels(order[:count], slot)
+            batch[label_key] = torch.from_numpy(np.ascontiguousarray(labels[:count, slot], dtype=np.int64))
+            batch[index_key] = torch.from_numpy(np.ascontiguousarray(rows[:count, slot], dtype=np.int64))
+        if slot == 1 and count:
+            batch["interp_ratio"] = torch.from_numpy(items.ratio[order[:count]].astype(np.float32))
+    return batch
 
 
 def _stack_pixels(values: list[Any]) -> Any:

@@ -382,5 +382,5 @@ class DataArguments:
     )
     verify_images: str = field(
         default="auto",
-        metadata={"help": "Decode every image before training: 'auto' (splits up to 100k rows), 'all' or 'none'.", "choices": ["auto", "all", "none"]},
+        metadata={"help": "Decode every image before training: 'auto' (splits up to 100k rows), 'all' or 'none'. A split served from the device pipeline's decoded cache is not decoded again: building the cache decoded it.", "choices": ["auto", "all", "none"]},
     )

@@ -21,12 +21,14 @@ from .config import DataArguments, InterTrainArguments, ModelArguments
 from .constants import SMALL_IMAGE_MAX_SIZE
 from .checkpoint import saved_setting
 from .data import (
+    DeviceImageDataset,
     ImageClassificationData,
     ImageClassificationDataset,
     build_device_datasets,
     build_transforms,
     choose_data_pipeline,
     load_image_classification_data,
+    verify_images_as_asked,
 )
 from .launch import check_processes_share_work
 from .metrics import build_compute_metrics
@@ -162,6 +164,23 @@ def load_data(data_args: DataArguments, verify_images: str | None = None) -> Ima
     )
 
 
+def verify_uncached_images(data: ImageClassificationData, served: tuple[Any, Any], verify_images: str) -> list[str]:
+    """Decode the images of every split not served from a decoded cache, as `verify_images` asks; the splits it
+    decoded.
+
+    A cached split needs no second pass: building its cache decoded every image and names a bad one's row with the
+    same `DataError` (docs/method.md, "Choices where the paper is silent"), and a cache is read only for the split it
+    was built from. Either way a bad image stops the run before training starts.
+    """
+    verified = []
+    for split, name, dataset in ((data.train, data.train_split, served[0]), (data.eval, data.eval_split or "eval", served[1])):
+        if split is None or (isinstance(dataset, DeviceImageDataset) and dataset.cached):
+            continue
+        if verify_images_as_asked(split, data.image_column, name, verify_images):
+            verified.append(name)
+    return verified
+
+
 def resolve_data_pipeline(data_args: DataArguments, training_args: InterTrainArguments) -> str:
     """`--data_pipeline` with `auto` resolved for this dataset and device (its cache is built on the way), for runs
     that must all take the same path: `compare` resolves it once for every variant."""
@@ -176,7 +195,7 @@ def run_training(
     """Train one model as configured, save it, evaluate it, and write `intertrain_run.json` in `output_dir`."""
     check_processes_share_work(training_args.world_size)
     transformers.set_seed(training_args.seed)
-    data = load_data(data_args)
+    data = load_data(data_args, verify_images="none")  # verified below, once the input path is known
     model = build_model(model_args, data.label_names)
     image_size = resolve_image_size(data_args, data, model)
     if training_args.process_index == 0:
@@ -190,6 +209,7 @@ def run_training(
     if pipeline == "auto" and resume is not None:
         pipeline = saved_setting(resume, "data_pipeline") or pipeline  # the resumed run's own input path
     train_dataset, eval_dataset = build_datasets(data, model, image_size, pipeline, training_args.device)
+    verify_uncached_images(data, (train_dataset, eval_dataset), data_args.verify_images)
     if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
         logger.warning("The dataset has no evaluation split: training without evaluation.")
         training_args.eval_strategy = IntervalStrategy.NO

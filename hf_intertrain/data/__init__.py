@@ -52,6 +52,7 @@ from .loading import (
     load_image_classification_data,
     local_cache_dir,
     read_labels,
+    verify_images_as_asked,
 )
 from .pixel_cache import load_pixel_cache
 from .rng import preserved_host_rngs
@@ -96,5 +97,6 @@ __all__ = [
     "preserved_host_rngs",
     "read_labels",
     "to_rgb",
+    "verify_images_as_asked",
     "verify_split_images",
 ]

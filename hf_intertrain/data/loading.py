@@ -49,6 +49,15 @@ class ImageClassificationData:
         return decode_image(value, self.train_split, 0).size
 
 
+def verify_images_as_asked(split: datasets.Dataset, image_column: str, split_name: str, verify_images: str) -> bool:
+    """Decode every image of `split` (`verify_split_images`) when `verify_images` asks it: "all", or "auto" for a
+    split of at most `VERIFY_IMAGES_AUTO_MAX_ROWS` rows; whether it did."""
+    if verify_images == "all" or (verify_images == "auto" and len(split) <= VERIFY_IMAGES_AUTO_MAX_ROWS):
+        verify_split_images(split, image_column, split_name)
+        return True
+    return False
+
+
 def load_image_classification_data(
     dataset_name: str,
     dataset_config: str | None = None,
@@ -138,8 +147,7 @@ def load_image_classification_data(
     for split_name, split in named:
         _check_labels(read_labels(split, label_column, split_name), len(label_names), split_name, label_column)
     for split_name, split in named:
-        if verify_images == "all" or (verify_images == "auto" and len(split) <= VERIFY_IMAGES_AUTO_MAX_ROWS):
-            verify_split_images(split, image_column, split_name)
+        verify_images_as_asked(split, image_column, split_name, verify_images)
 
     return ImageClassificationData(
         train=train,

@@ -335,8 +335,8 @@ class DeviceImageDataset(InterTrainItemDataset):
         return self._pixels
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pixels": None, "_stores": {}, "_draws": None, "_drawn": 0, "_generator": None,
-                "_batch_generator": None}
+        per_process = ("_generator", "_batch_generator", "_draws", "_pixels")
+        return {**self.__dict__, **dict.fromkeys(per_process), "_stores": {}, "_drawn": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -336,8 +336,9 @@ class BatchSeededDataset(torch.utils.data.Dataset):
     the uninterrupted run did, whatever `dataloader_num_workers`. The global RNG states are restored after each
     fetch (`preserved_host_rngs`; an `InterTrainItemDataset` that draws from a generator of its own, as the device
     pipeline's does, seeds only that one in `getitems_seeded`), so the training step's own randomness (dropout) is
-    what transformers saves in its checkpoints. `epoch` is set by the trainer before each epoch's iterator is made (persistent workers keep the
-    value of the epoch they started in; the batch's items still differ from epoch to epoch).
+    what transformers saves in its checkpoints. `epoch` is set by the trainer before each epoch's iterator is made
+    (persistent workers keep the value of the epoch they started in; the batch's items still differ from epoch to
+    epoch).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, seed: int):

@@ -39,6 +39,7 @@ RESUME_SETTINGS: tuple[str, ...] = (
     "infobatch_full_data_fraction",
     "composite_loss_weight",
     "data_pipeline",
+    "interpolation_off_fraction",
 )
 """The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
 settings (the model card shows these too). A checkpoint made before a field was appended still loads, compared

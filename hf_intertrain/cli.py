@@ -54,7 +54,8 @@ class CompareArguments:
             "rescaled); threshold_epoch_mean, threshold_ema, threshold_last_epoch (other threshold averages), "
             "threshold_accuracy, threshold_avg_loss, region3_lincorr, region3_only, region3_k2, skip_region3 (the "
             "paper's threshold ablations, Table 3, Fig. 8b, Table 4); composite_weight2 (each pair weighs twice a single "
-            "in the loss). See compare.py and docs/method.md."
+            "in the loss); clean_final (no interpolation in the final eighth of the epochs). See compare.py and "
+            "docs/method.md."
         },
     )
     seeds: str | None = field(

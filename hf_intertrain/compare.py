@@ -37,6 +37,8 @@ Variants (`VARIANTS`; each sets `InterTrainArguments` fields on top of the run's
   Fig. 8(b)) and `skip_region3` (Region 3 skipped while Region 1 is interpolated, Table 4).
 - `composite_weight2`: InterTrain with each pair weighing twice a single in the batch loss
   (`composite_loss_weight=2`, docs/method.md, "Loss").
+- `clean_final`: InterTrain that trains the final 12.5% of its epochs without interpolation
+  (`interpolation_off_fraction=0.125`, docs/method.md, "Interpolation off at the end"; InfoBatch's annealing share).
 
 Budget-matched baseline and peer methods (docs/method.md, "Peer methods and budget-matched baselines"). A user
 who wants a shorter run can simply train fewer steps with the schedule fitted to them; InterTrain has to beat that.
@@ -126,6 +128,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "region3_k2": {"region3_increases": 2, "region3_epochs": 2, **_PAIRS},
     "skip_region3": {"amenable_action": "skip_region3", **_PAIRS},
     "composite_weight2": {"composite_loss_weight": 2.0, **_PAIRS},
+    "clean_final": {"interpolation_off_fraction": 0.125, **_PAIRS},
 }
 MATCHED_VARIANTS = ("budget", "random_subset")
 """Variants sized from the matched run (the invocation's first interpolating variant), seed by seed."""

@@ -127,6 +127,14 @@ class InterTrainArguments(TrainingArguments):
             "share; 2: each constituent of a pair weighs as much as a single sample."
         },
     )
+    interpolation_off_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "The final fraction of the epochs trains without interpolation: every sample a single, on clean "
+            "inputs, the tracker still recording (like timm's mixup_off_epoch). 0 (default) interpolates to the end, as "
+            "the paper; 0.125 frees the last 2 of 18 epochs. Runs without interpolation ignore it."
+        },
+    )
     amenable_action: str = field(
         default="interpolate",
         metadata={
@@ -285,6 +293,11 @@ class InterTrainArguments(TrainingArguments):
         if not (math.isfinite(self.composite_loss_weight) and self.composite_loss_weight > 0):
             raise ValueError(
                 f"composite_loss_weight={self.composite_loss_weight} must be a positive number (default 1, the paper)"
+            )
+        if not 0.0 <= self.interpolation_off_fraction < 1.0:
+            raise ValueError(
+                f"interpolation_off_fraction={self.interpolation_off_fraction} must lie in [0, 1): the final fraction of "
+                "the epochs trained without interpolation (default 0, the paper)"
             )
         if not self.use_cpu and launched_on_cpu():
             self.use_cpu = True

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Sampler
 
 from hf_intertrain.constants import AMENABLE_ACTIONS
-from hf_intertrain.selection import check_selection, infobatch_prunes, infobatch_selection, random_subset
+from hf_intertrain.selection import before_final_fraction, check_selection, infobatch_prunes, infobatch_selection, random_subset
 from hf_intertrain.tracker import REGION_3, AmenabilityTracker
 
 if TYPE_CHECKING:
@@ -96,7 +96,9 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         subset_sizes: Samples per epoch for "random_subset", one per epoch.
         prune_probability: InfoBatch's probability of leaving a well-learned sample out.
         full_data_fraction: InfoBatch trains every sample in this final fraction of `num_epochs`.
-        num_epochs: The run's epochs (InfoBatch's final full-data epochs need it).
+        num_epochs: The run's epochs (InfoBatch's final full-data epochs and `interpolation_off_fraction` need it).
+        interpolation_off_fraction: The final fraction of `num_epochs` plans every sample as a single, whatever
+            the tracker says, as a run without interpolation does (0: interpolate to the end, the paper).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         prune_probability: float = 0.5,
         full_data_fraction: float = 0.125,
         num_epochs: int | None = None,
+        interpolation_off_fraction: float = 0.0,
     ):
         if not isinstance(tracker, AmenabilityTracker):
             raise ValueError(f"tracker must be an AmenabilityTracker, got {type(tracker).__name__}; build one with AmenabilityTracker(len(train_dataset)).")
@@ -125,6 +128,10 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
             raise ValueError(f"selection={selection!r} is a peer method trained without interpolation; pass interpolate=False.")
         if selection == "infobatch" and (num_epochs is None or num_epochs < 1):
             raise ValueError("selection='infobatch' needs num_epochs (its final epochs train on all samples); pass the run's epochs.")
+        if not 0.0 <= interpolation_off_fraction < 1.0:
+            raise ValueError(f"interpolation_off_fraction must lie in [0, 1), got {interpolation_off_fraction!r}; pass 0 to interpolate to the end.")
+        if interpolation_off_fraction > 0 and interpolate and (num_epochs is None or num_epochs < 1):
+            raise ValueError("interpolation_off_fraction > 0 needs num_epochs (it stops interpolating in the final epochs); pass the run's epochs.")
         self.tracker = tracker
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -138,6 +145,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         self.prune_probability = float(prune_probability)
         self.full_data_fraction = float(full_data_fraction)
         self.num_epochs = num_epochs
+        self.interpolation_off_fraction = float(interpolation_off_fraction)
         self.epoch = 0
         self._loss_weights: np.ndarray | None = None
         self._plan: EpochPlan | None = None
@@ -207,6 +215,15 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
                     items[i] = (*items[i], int(item_c[start + i]), int(item_d[start + i]))
             yield items
 
+    def interpolates_in(self, epoch: int) -> bool:
+        """Whether `epoch` may interpolate: `interpolate` is set and the epoch comes before the final
+        `interpolation_off_fraction` of the run (docs/method.md, "Interpolation off at the end")."""
+        if not self.interpolate:
+            return False
+        return self.interpolation_off_fraction == 0 or before_final_fraction(
+            epoch, self.num_epochs, self.interpolation_off_fraction
+        )
+
     # ----------------------------------------------------------------------------------------
     def _ensure_plan(self) -> EpochPlan:
         key = (self.epoch, self.tracker.revision)
@@ -220,7 +237,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         num_samples = self.tracker.num_samples
         num_skipped = 0
         quads = np.empty((4, 0), dtype=np.int64)
-        if self.interpolate:
+        if self.interpolates_in(self.epoch):
             s_int = self.tracker.s_int_indices()
             noint = self.tracker.s_noint_indices()
             marked = self.tracker.s_int_four_way_indices()

@@ -75,12 +75,16 @@ def random_subset(num_samples: int, sizes: Sequence[int], epoch: int, seed: int)
     return chunk
 
 
-def infobatch_prunes(epoch: int, num_epochs: int, full_data_fraction: float) -> bool:
-    """Whether InfoBatch prunes in `epoch`: every epoch before the final `full_data_fraction` of the schedule.
+def before_final_fraction(epoch: int, num_epochs: int, fraction: float) -> bool:
+    """Whether `epoch` comes before the final `fraction` of a `num_epochs` schedule: `epoch < (1 - fraction) *
+    num_epochs`, the cut of InfoBatch's reference implementation. InfoBatch prunes only before it; InterTrain's
+    `interpolation_off_fraction` interpolates only before it."""
+    return epoch < (1.0 - fraction) * num_epochs
 
-    As InfoBatch's reference implementation: pruning stops at epoch `(1 - full_data_fraction) * num_epochs`.
-    """
-    return epoch < (1.0 - full_data_fraction) * num_epochs
+
+def infobatch_prunes(epoch: int, num_epochs: int, full_data_fraction: float) -> bool:
+    """Whether InfoBatch prunes in `epoch`: every epoch before the final `full_data_fraction` of the schedule."""
+    return before_final_fraction(epoch, num_epochs, full_data_fraction)
 
 
 def infobatch_selection(

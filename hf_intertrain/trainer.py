@@ -176,6 +176,11 @@ class InterTrainTrainer(Trainer):
                 args.data_selection, args.subset_sizes, args.infobatch_prune_probability,
                 args.infobatch_full_data_fraction, len(train_dataset), int(args.num_train_epochs),
             )
+        if args.interpolates and args.interpolation_off_fraction > 0 and args.max_steps > 0:
+            raise ValueError(
+                "interpolation_off_fraction stops interpolating in the final epochs: set num_train_epochs instead of "
+                "max_steps, or interpolation_off_fraction 0"
+            )
         self.intertrain_sampler = InterTrainBatchSampler(
             self.tracker,
             batch_size=args.per_device_train_batch_size,
@@ -190,6 +195,7 @@ class InterTrainTrainer(Trainer):
             prune_probability=args.infobatch_prune_probability,
             full_data_fraction=args.infobatch_full_data_fraction,
             num_epochs=int(args.num_train_epochs) if args.max_steps <= 0 else None,
+            interpolation_off_fraction=args.interpolation_off_fraction if args.interpolates else 0.0,
         )
         self.recorder = LossRecorder(self.tracker)
         self._channels_last = prefers_channels_last(timm_model)

@@ -46,6 +46,7 @@ OTHER_VALUES = {
     "infobatch_full_data_fraction": 0.25,
     "composite_loss_weight": 2.0,
     "data_pipeline": "device",
+    "interpolation_off_fraction": 0.25,
 }
 # Settings whose other value needs another configuration in both runs (peer methods train without interpolation).
 SHARED_OVERRIDES = {"data_selection": {"interpolation": "none"}}

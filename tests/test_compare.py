@@ -108,6 +108,7 @@ def test_variant_settings_match_the_paper_ablations(tmp_path):
     skip = settings["skip"]
     assert skip.amenable_action == "skip" and skip.regions == (1, 3) and skip.selective_interpolation
     assert settings["linavg"].interpolation == "linavg" and settings["linavg"].adaptive_interpolation
+    assert settings["clean_final"].interpolation_off_fraction == 0.125 and settings["intertrain"].interpolation_off_fraction == 0
     assert {os.path.basename(args.output_dir) for args in settings.values()} == set(VARIANTS) - set(MATCHED_VARIANTS)
 
 
@@ -398,7 +399,7 @@ def test_compare_help_explains_the_new_variants_and_flags(capfd):
         main(["compare", "--help"])
     out = " ".join(capfd.readouterr()[0].split())
     for text in ("--seeds", "--epochs_sweep", "budget (the baseline trained for exactly as many optimizer steps",
-                 "random_subset (no interpolation", "infobatch (InfoBatch", "mean ± std", "output_dir/epochs-E"):
+                 "random_subset (no interpolation", "infobatch (InfoBatch", "clean_final (no interpolation in the final eighth", "mean ± std", "output_dir/epochs-E"):
         assert text in out, text
 
 

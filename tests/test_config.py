@@ -26,6 +26,8 @@ def test_random_subset_sizes_are_parsed(tmp_path):
         ({"interpolation": "none", "data_selection": "infobatch", "infobatch_full_data_fraction": -0.1}, r"in \[0, 1\]"),
         ({"composite_loss_weight": 0.0}, "composite_loss_weight=0.0 must be a positive number"),
         ({"composite_loss_weight": float("nan")}, "composite_loss_weight=nan must be a positive number"),
+        ({"interpolation_off_fraction": 1.0}, r"interpolation_off_fraction=1.0 must lie in \[0, 1\)"),
+        ({"interpolation_off_fraction": float("nan")}, r"interpolation_off_fraction=nan must lie in \[0, 1\)"),
     ],
 )
 def test_bad_peer_settings_fail_with_one_line(tmp_path, overrides, match):

@@ -422,3 +422,38 @@ def test_skip_region3_leaves_out_region3_members_and_pairs_region1():
     plan = sampler.plan
     pairs = plan.item_b >= 0
     assert sorted(np.concatenate([plan.item_a[pairs], plan.item_b[pairs]]).tolist()) == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# interpolation_off_fraction: the final epochs train every sample as a single
+# ----------------------------------------------------------------------------------------------
+def test_final_epochs_train_singles_in_the_baseline_order():
+    s_int = [0, 1, 2, 3, 4, 5]
+    sampler = InterTrainBatchSampler(
+        tracker_with_s_int(20, s_int), batch_size=6, seed=1, num_epochs=8, interpolation_off_fraction=0.25
+    )
+    sampler.set_epoch(5)  # 5 < 0.75 * 8 = 6: interpolates
+    assert sampler.num_pairs == 3 and sampler.interpolates_in(5)
+    reference = SeedableRandomSampler(range(20), data_seed=1)
+    for epoch in (6, 7):
+        sampler.set_epoch(epoch)
+        assert not sampler.interpolates_in(epoch)
+        assert sampler.num_pairs == 0 and sampler.num_items == 20 and sampler.num_skipped == 0
+        reference.set_epoch(epoch)
+        assert [a for batch in sampler for a, _, _ in batch] == list(reference)
+
+
+def test_zero_interpolation_off_fraction_interpolates_to_the_end():
+    sampler = InterTrainBatchSampler(tracker_with_s_int(12, [2, 3, 7, 9]), batch_size=4, num_epochs=4)
+    sampler.set_epoch(3)
+    assert sampler.num_pairs == 2 and sampler.interpolates_in(3)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"interpolation_off_fraction": 1.0, "num_epochs": 4}, r"\[0, 1\)"),
+    ({"interpolation_off_fraction": -0.1, "num_epochs": 4}, r"\[0, 1\)"),
+    ({"interpolation_off_fraction": 0.25}, "num_epochs"),
+])
+def test_interpolation_off_fraction_is_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, **kwargs)

@@ -250,6 +250,22 @@ def test_infobatch_prunes_after_the_first_losses_and_trains_everything_at_the_en
     assert all(weights is None or set(weights) <= {1.0, 2.0} for weights in weights_seen)
 
 
+def test_interpolation_stops_in_the_final_fraction_of_the_epochs(tmp_path, tiny_train_dataset):
+    args = _args(tmp_path, num_train_epochs=5, interpolation_off_fraction=0.2)
+    trainer = InterTrainTrainer(model=make_model(output_stride=16), args=args, train_dataset=tiny_train_dataset)
+    trainer.train()
+    history = trainer.intertrain_history
+    assert history[3]["intertrain/pairs"] > 0  # 3 < 0.8 * 5
+    assert history[4]["intertrain/pairs"] == 0 and _epoch_items(trainer)[4] == 96
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # the schedule still ends
+
+
+def test_interpolation_off_fraction_with_max_steps_is_refused(tmp_path, tiny_train_dataset):
+    args = _args(tmp_path, max_steps=8, interpolation_off_fraction=0.25)
+    with pytest.raises(ValueError, match="set num_train_epochs instead of max_steps"):
+        InterTrainTrainer(model=make_model(output_stride=16), args=args, train_dataset=tiny_train_dataset)
+
+
 def test_budget_run_stopped_mid_epoch_counts_only_the_items_it_trained(tmp_path, tiny_train_dataset):
     args = _args(tmp_path, interpolation="none", max_steps=8)  # 6 steps per epoch: the second epoch stops after 2
     trainer = InterTrainTrainer(model=make_model(), args=args, train_dataset=tiny_train_dataset)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Sampler
 
 from hf_intertrain.constants import AMENABLE_ACTIONS
-from hf_intertrain.selection import before_final_fraction, check_selection, infobatch_prunes, infobatch_selection, random_subset
+from hf_intertrain.selection import before_final_fraction, check_selection, infobatch_selection, random_subset
 from hf_intertrain.tracker import REGION_3, AmenabilityTracker
 
 if TYPE_CHECKING:
@@ -310,7 +310,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         num_samples = self.tracker.num_samples
         if self.selection == "random_subset":
             return np.sort(random_subset(num_samples, self.subset_sizes, self.epoch, self.seed))
-        if self.selection == "infobatch" and infobatch_prunes(self.epoch, self.num_epochs, self.full_data_fraction):
+        if self.selection == "infobatch" and before_final_fraction(self.epoch, self.num_epochs, self.full_data_fraction):
             kept, weights = infobatch_selection(self.tracker.last_loss, self.prune_probability, generator)
             self._loss_weights = weights
             return kept

@@ -82,11 +82,6 @@ def before_final_fraction(epoch: int, num_epochs: int, fraction: float) -> bool:
     return epoch < (1.0 - fraction) * num_epochs
 
 
-def infobatch_prunes(epoch: int, num_epochs: int, full_data_fraction: float) -> bool:
-    """Whether InfoBatch prunes in `epoch`: every epoch before the final `full_data_fraction` of the schedule."""
-    return before_final_fraction(epoch, num_epochs, full_data_fraction)
-
-
 def infobatch_selection(
     last_loss: np.ndarray, prune_probability: float, generator: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -195,7 +195,7 @@ class InterTrainTrainer(Trainer):
             prune_probability=args.infobatch_prune_probability,
             full_data_fraction=args.infobatch_full_data_fraction,
             num_epochs=int(args.num_train_epochs) if args.max_steps <= 0 else None,
-            interpolation_off_fraction=args.interpolation_off_fraction if args.interpolates else 0.0,
+            interpolation_off_fraction=args.interpolation_off_fraction,
         )
         self.recorder = LossRecorder(self.tracker)
         self._channels_last = prefers_channels_last(timm_model)

@@ -40,6 +40,12 @@ RESUME_SETTINGS: tuple[str, ...] = (
     "composite_loss_weight",
     "data_pipeline",
     "interpolation_off_fraction",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "mixup_prob",
+    "mixup_switch_prob",
+    "mixup_mode",
+    "label_smoothing_factor",
 )
 """The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
 settings (the model card shows these too). A checkpoint made before a field was appended still loads, compared

@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 
 from .config import DataArguments, InterTrainArguments, ModelArguments
 from .launch import end_processes
+from .variants import variants_help
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
 COMMANDS = {
@@ -40,24 +41,7 @@ COMMANDS = {
 class CompareArguments:
     """What `hf-intertrain compare` runs."""
 
-    variants: str = field(
-        default="baseline,intertrain",
-        metadata={
-            "help": "Comma-separated runs, all with the same seeds and hyper-parameters: baseline (interpolation "
-            "none, always run first), intertrain (the configuration as given), randpatch, linavg, naive (random pairs "
-            "of all samples every epoch, no selective/split/adaptive), no_split (RandPatch without split "
-            "propagation), region1 (Region 1 only), skip (skip instead of interpolating), randpatch4, mosaic4, "
-            "randpatch4_region1 (4-way composites); budget (the baseline trained for exactly as many optimizer steps "
-            "as the first interpolating run, its learning-rate schedule fitted to them: what a user gets by simply "
-            "training less; every other run gets a verdict against it), random_subset (no interpolation, each epoch a "
-            "random subset as large as that run's items), infobatch (InfoBatch: loss-based random pruning, loss "
-            "rescaled); threshold_epoch_mean, threshold_ema, threshold_last_epoch (other threshold averages), "
-            "threshold_accuracy, threshold_avg_loss, region3_lincorr, region3_only, region3_k2, skip_region3 (the "
-            "paper's threshold ablations, Table 3, Fig. 8b, Table 4); composite_weight2 (each pair weighs twice a single "
-            "in the loss); clean_final (no interpolation in the final eighth of the epochs). See compare.py and "
-            "docs/method.md."
-        },
-    )
+    variants: str = field(default="baseline,intertrain", metadata={"help": variants_help()})
     seeds: str | None = field(
         default=None,
         metadata={

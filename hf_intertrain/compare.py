@@ -88,50 +88,13 @@ from .compare_report import (
     summarize_sweep,
 )
 from .run import RUN_REPORT_NAME, RunReport, resolve_data_pipeline, run_training
+from .variants import MATCHED_VARIANTS, VARIANTS
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_PNG = "comparison.png"
 SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 
-# Each variant: the InterTrainArguments fields it sets on top of the run's own configuration.
-_PAIRS = {"four_way": "none", "data_selection": "none"}
-_FOUR_WAY = {
-    "interpolation": "randpatch", "split_propagation": True, "selective_interpolation": True, "data_selection": "none"
-}
-_PLAIN = {"interpolation": "none", "four_way": "none", "data_selection": "none"}
-VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": _PLAIN,
-    "intertrain": {},
-    "randpatch": {"interpolation": "randpatch", **_PAIRS},
-    "linavg": {"interpolation": "linavg", **_PAIRS},
-    "naive": {"selective_interpolation": False, "split_propagation": False, "adaptive_interpolation": False, **_PAIRS},
-    "no_split": {"interpolation": "randpatch", "split_propagation": False, **_PAIRS},
-    "region1": {"amenability_regions": "1", **_PAIRS},
-    "skip": {"amenable_action": "skip", **_PAIRS},
-    "randpatch4": {**_FOUR_WAY, "amenable_action": "interpolate", "four_way": "randpatch4"},
-    "mosaic4": {**_FOUR_WAY, "amenable_action": "interpolate", "four_way": "mosaic4"},
-    "randpatch4_region1": {
-        **_FOUR_WAY, "amenable_action": "interpolate", "four_way": "randpatch4", "four_way_selection": "region1"
-    },
-    "budget": _PLAIN,  # + max_steps of the matched run
-    "random_subset": {**_PLAIN, "data_selection": "random_subset"},  # + random_subset_sizes of the matched run
-    "infobatch": {**_PLAIN, "data_selection": "infobatch"},
-    # Thresholds (docs/method.md, "Thresholds" and "Ablations"; paper Table 3, Fig. 8b, Table 4)
-    "threshold_epoch_mean": {"threshold_average": "epoch_mean", **_PAIRS},
-    "threshold_ema": {"threshold_average": "ema", **_PAIRS},
-    "threshold_last_epoch": {"threshold_average": "last_epoch", **_PAIRS},
-    "threshold_accuracy": {"region1_rule": "accuracy", **_PAIRS},
-    "threshold_avg_loss": {"region1_rule": "avg_loss", "amenability_regions": "1", **_PAIRS},
-    "region3_lincorr": {"region3_rule": "l_incorr", **_PAIRS},
-    "region3_only": {"amenability_regions": "3", **_PAIRS},
-    "region3_k2": {"region3_increases": 2, "region3_epochs": 2, **_PAIRS},
-    "skip_region3": {"amenable_action": "skip_region3", **_PAIRS},
-    "composite_weight2": {"composite_loss_weight": 2.0, **_PAIRS},
-    "clean_final": {"interpolation_off_fraction": 0.125, **_PAIRS},
-}
-MATCHED_VARIANTS = ("budget", "random_subset")
-"""Variants sized from the matched run (the invocation's first interpolating variant), seed by seed."""
 FINGERPRINT_ARGUMENTS = (
     *SETTINGS,
     "seed",
@@ -150,7 +113,7 @@ only when all of them are the same."""
 
 def interpolates(name: str) -> bool:
     """Whether the variant interpolates (its training differs from the baseline's by interpolation)."""
-    return VARIANTS[name].get("interpolation") != "none"
+    return VARIANTS[name].interpolates
 
 
 def matched_variant(variants: list[str]) -> str | None:
@@ -220,16 +183,17 @@ def variant_arguments(
     `random_subset` take their size from `matched`, the matched run's report of the same seed (without it, those
     fields stay as configured).
     """
-    changes = dict(VARIANTS[name], output_dir=output_dir or os.path.join(training_args.output_dir, name))
+    variant = VARIANTS[name]
+    changes = dict(variant.settings, output_dir=output_dir or os.path.join(training_args.output_dir, name))
     if seed is not None:
         changes["seed"] = seed
     if interpolates(name) and changes.get("interpolation", training_args.interpolation) == "none":
         changes["interpolation"] = "randpatch"
-    if matched is not None and name == "budget":
+    if matched is not None and variant.matches == "steps":
         if not matched.optimizer_steps:
             raise ValueError(f"the run in {matched.output_dir} has no optimizer_steps recorded: train it again")
         changes["max_steps"] = int(matched.optimizer_steps)
-    if name == "random_subset":
+    if variant.matches == "items":
         # Without the matched run (checking finished runs before it exists) a placeholder the check ignores.
         sizes = [int(row["items"]) for row in matched.epochs] if matched is not None else [1]
         changes["random_subset_sizes"] = ",".join(map(str, sizes))

@@ -11,6 +11,7 @@ propagation each slot from its own feature cells, docs/method.md, "Split propaga
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import EXTRA_CONSTITUENTS
+from .mixing import BatchMixing, soft_target_cross_entropy
 from .operators import cell_rectangle_masks, linavg, mosaic4, quadrant_owner, quadrant_splits, randpatch, randpatch4
 from .split import FeatureLayout, check_splittable, feature_grid, forward_split_by_owner
 
@@ -209,11 +211,16 @@ def constituent_losses(
     inputs: dict[str, Tensor],
     shares: list[Tensor],
     loss_weight: Tensor | None = None,
+    single_targets: Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, list[Record]]:
-    """The batch loss and every constituent's record (docs/method.md, "Loss").
+    """The batch loss and every constituent's record (docs/method.md, "Loss" and "Mixup and CutMix").
 
-    Each constituent's loss is cross-entropy in float32 (also under bf16/fp16 autocast); an item's loss is
-    `sum_i r_i L_i` over its slots, and the batch loss the mean over items of `item_loss * loss_weight`.
+    Each constituent's loss is cross-entropy in float32 (also under bf16/fp16 autocast), with `label_smoothing`;
+    the singles of a batch mixed by `mixing.BatchMixing` are trained on their soft targets instead. An item's loss is
+    `sum_i r_i L_i` over its slots, and the batch loss the mean over items of `item_loss * loss_weight`. A record is
+    always the constituent's plain cross-entropy against its own label, whatever it was trained on, so that the
+    amenability metric reads the same quantity with and without smoothing or mixing.
 
     Args:
         slot_logits: The output of `slot_logits`.
@@ -221,6 +228,9 @@ def constituent_losses(
         shares: `ComposedBatch.shares`.
         loss_weight: Float32 `[B]` factor of each item's loss (a peer method's rescaling, docs/method.md, "Peer
             methods and budget-matched baselines"); None: all ones. Records keep the unweighted losses.
+        single_targets: Float32 `[S, K]` soft targets of the batch's last S rows (its singles, mixed by
+            `mixing.BatchMixing`); None: every row trains on its hard label.
+        label_smoothing: `TrainingArguments.label_smoothing_factor`, applied to the hard-label losses.
 
     Returns:
         The batch loss (a float32 scalar) and per slot the records (sample_index, loss, correct) of its
@@ -231,9 +241,15 @@ def constituent_losses(
     records = []
     for suffix, share, logits in zip(SLOT_SUFFIXES, shares, slot_logits):
         labels = inputs[f"labels{suffix}"]
-        loss = F.cross_entropy(logits.float(), labels, reduction="none")
+        own_label_loss = F.cross_entropy(logits.float(), labels, reduction="none")
+        loss = own_label_loss
+        if label_smoothing:
+            loss = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=label_smoothing)
+        if suffix == "" and single_targets is not None:
+            first_single = batch - single_targets.shape[0]
+            loss = torch.cat([loss[:first_single], soft_target_cross_entropy(logits[first_single:], single_targets)])
         item_loss = item_loss + F.pad(share * loss, (0, batch - share.shape[0]))
-        records.append((inputs[f"sample_index{suffix}"], loss, logits.argmax(-1) == labels))
+        records.append((inputs[f"sample_index{suffix}"], own_label_loss, logits.argmax(-1) == labels))
     if loss_weight is not None:
         if tuple(loss_weight.shape) != (batch,):
             raise ValueError(
@@ -241,6 +257,15 @@ def constituent_losses(
             )
         item_loss = item_loss * loss_weight.to(device=device, dtype=torch.float32)
     return item_loss.mean(), records
+
+
+def mix_singles(composed: ComposedBatch, labels: Tensor, mixing: BatchMixing, seed: int) -> tuple[ComposedBatch, Tensor]:
+    """The batch with its singles (the rows after the composites and pairs) mixed by timm's Mixup / CutMix, and their
+    soft targets (docs/method.md, "Mixup and CutMix"): pairs are InterTrain's own mixing and stay as composed."""
+    first_single = composed.num_groups
+    mixed, targets = mixing(composed.pixel_values[first_single:], labels[first_single:], seed)
+    pixel_values = mixed if first_single == 0 else torch.cat([composed.pixel_values[:first_single], mixed])
+    return dataclasses.replace(composed, pixel_values=pixel_values), targets
 
 
 class MaskSeeder:
@@ -252,14 +277,23 @@ class MaskSeeder:
     batches of one optimizer step that asked for a generator.
     """
 
-    def __init__(self, seed: int, process_index: int = 0):
-        self.seed, self.process_index = int(seed), int(process_index)
+    def __init__(self, seed: int, process_index: int = 0, stream: int = 0):
+        self.seed, self.process_index, self.stream = int(seed), int(process_index), int(stream)
         self._last = (-1, 0)
         self._generator = torch.Generator()
 
     def __call__(self, global_step: int) -> torch.Generator:
+        return self._generator.manual_seed(self.step_seed(global_step))
+
+    def step_seed(self, global_step: int) -> int:
+        """The seed of the next micro-batch of `global_step` (stream 0: the RandPatch draws; another stream, e.g.
+        `MIXING_STREAM`, gets seeds of its own)."""
         step, micro = self._last
         micro = micro + 1 if step == global_step else 0
         self._last = (global_step, micro)
-        key = [self.seed, self.process_index, global_step, micro]
-        return self._generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+        key = [self.seed, self.process_index, global_step, micro] + ([self.stream] if self.stream else [])
+        return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+
+
+MIXING_STREAM = 0x4D4958
+"""The `MaskSeeder` stream of timm's Mixup / CutMix draws, apart from the RandPatch draws."""

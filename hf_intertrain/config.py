@@ -17,11 +17,13 @@ from .constants import (
     FOUR_WAY_COMPOSITES,
     FOUR_WAY_SELECTIONS,
     INTERPOLATIONS,
+    MIXUP_MODES,
     REGION1_RULES,
     REGION3_RULES,
     THRESHOLD_AVERAGES,
 )
 from .launch import launched_on_cpu
+from .mixing import check_mixing
 from .selection import check_selection
 
 
@@ -172,6 +174,37 @@ class InterTrainArguments(TrainingArguments):
         },
     )
 
+    # Mixup and CutMix through timm, on the samples trained as singles
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "Mixup: Beta(alpha, alpha) of timm's Mixup on the batch's singles (every sample of a run without "
+            "interpolation; InterTrain's pairs are its own mixing). 0 (default) is off; the Mixup paper's CIFAR "
+            "setting is 1.0. Label smoothing comes from --label_smoothing_factor (docs/method.md, 'Mixup and CutMix')."
+        },
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "CutMix: Beta(alpha, alpha) of timm's CutMix on the batch's singles. 0 (default) is off; the CutMix "
+            "paper's CIFAR setting is 1.0 with --mixup_prob 0.5."
+        },
+    )
+    mixup_prob: float = field(
+        default=1.0,
+        metadata={"help": "Probability of mixing a batch (or a pair or row, by --mixup_mode) when Mixup or CutMix is on."},
+    )
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "With both Mixup and CutMix on: probability of CutMix instead of Mixup."}
+    )
+    mixup_mode: str = field(
+        default="batch",
+        metadata={
+            "help": "How timm draws the mixing: 'batch' (one draw per batch), 'pair' (per pair of rows) or 'elem' (per row).",
+            "choices": list(MIXUP_MODES),
+        },
+    )
+
     # Peer methods: training on part of the data each epoch, without interpolation
     data_selection: str = field(
         default="none",
@@ -299,6 +332,10 @@ class InterTrainArguments(TrainingArguments):
                 f"interpolation_off_fraction={self.interpolation_off_fraction} must lie in [0, 1): the final fraction of "
                 "the epochs trained without interpolation (default 0, the paper)"
             )
+        check_mixing(
+            self.mixup_alpha, self.cutmix_alpha, self.mixup_prob, self.mixup_switch_prob, self.mixup_mode,
+            self.label_smoothing_factor,
+        )
         if not self.use_cpu and launched_on_cpu():
             self.use_cpu = True
         super().__post_init__()
@@ -328,6 +365,11 @@ class InterTrainArguments(TrainingArguments):
     def max_group_size(self) -> int:
         """Constituents per composite at most: 4 with `four_way`, else 2."""
         return 2 if self.four_way == "none" else 4
+
+    @property
+    def mixes(self) -> bool:
+        """Whether timm's Mixup or CutMix mixes the singles of this run."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @property
     def interpolates(self) -> bool:

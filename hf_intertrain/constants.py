@@ -47,3 +47,6 @@ REGION3_RULES: tuple[str, ...] = ("increase", "l_incorr")
 DATA_PIPELINES: tuple[str, ...] = ("auto", "workers", "device")
 """Where images are decoded and augmented: per image in the DataLoader workers, or in batches on the training
 device from a decoded uint8 cache or the encoded files (`data/device.py`); `auto` picks by the cache budget."""
+
+MIXUP_MODES: tuple[str, ...] = ("batch", "pair", "elem")
+"""timm's `Mixup` modes: one draw per batch, per pair of rows, or per row."""

@@ -11,6 +11,7 @@ import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import timm
 import timm.data
 import transformers
@@ -31,6 +32,7 @@ from .data import (
     verify_images_as_asked,
 )
 from .launch import check_processes_share_work
+from .significance import pack_correct, unpack_correct
 from .metrics import build_compute_metrics
 from .split import feature_grid
 from .trainer import InterTrainTrainer
@@ -47,7 +49,8 @@ class RunReport:
     `optimizer_steps` is the run's `trainer.state.global_step`: the budget that `compare`'s budget-matched baseline
     is fitted to (docs/method.md, "Peer methods and budget-matched baselines"). `fingerprint` holds the settings
     that decide the result (model, data, variant, seed, schedule, batch size, learning rate); `compare` records it
-    so that a finished run is reused only by a run with the very same settings.
+    so that a finished run is reused only by a run with the very same settings. `eval_correct` is the final
+    evaluation's per-image correctness (`significance.pack_correct`), which the verdict's paired bootstrap needs.
     """
 
     interpolation: str
@@ -62,6 +65,14 @@ class RunReport:
     optimizer_steps: int | None = None
     seed: int | None = None
     fingerprint: dict[str, Any] | None = None
+    num_eval_samples: int | None = None
+    eval_correct: str | None = None
+
+    def correct(self) -> np.ndarray | None:
+        """Per-image correctness on the evaluation split (None for a run that did not record it)."""
+        if self.eval_correct is None or not self.num_eval_samples:
+            return None
+        return unpack_correct(self.eval_correct, self.num_eval_samples)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,16 +242,28 @@ def run_training(
     trainer.save_state()
 
     eval_metrics: dict[str, float] = {}
+    correct = None
     if eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
-    report = build_report(trainer, train_result.metrics, eval_metrics)
+        eval_metrics, correct = evaluate_per_image(trainer, eval_dataset)
+    report = build_report(trainer, train_result.metrics, eval_metrics, correct)
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, RUN_REPORT_NAME), "w") as f:
             json.dump(report.to_dict(), f, indent=2)
     return report
 
 
-def build_report(trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: dict) -> RunReport:
+def evaluate_per_image(trainer: InterTrainTrainer, eval_dataset) -> tuple[dict[str, float], np.ndarray]:
+    """The final evaluation (logged like `Trainer.evaluate`'s) and whether each evaluation image was classified
+    correctly."""
+    output = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    trainer.log(output.metrics)
+    logits = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
+    return output.metrics, np.asarray(logits).argmax(-1) == np.asarray(output.label_ids)
+
+
+def build_report(
+    trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: dict, correct: np.ndarray | None = None
+) -> RunReport:
     """Per-epoch statistics joined with the evaluation that followed each epoch."""
     evals = {}
     for entry in trainer.state.log_history:
@@ -269,6 +292,8 @@ def build_report(trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: 
         output_dir=trainer.args.output_dir,
         optimizer_steps=trainer.state.global_step,
         seed=trainer.args.seed,
+        num_eval_samples=None if correct is None else int(correct.size),
+        eval_correct=None if correct is None else pack_correct(correct),
     )
 
 

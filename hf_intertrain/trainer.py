@@ -38,18 +38,21 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .checkpoint import intertrain_settings, load_state, plan_layout, save_state, steps_done_in_epoch
 from .composition import (
+    MIXING_STREAM,
     MaskSeeder,
     check_composable,
     compose_batch,
     composite_weights,
     constituent_losses,
     draws_masks,
+    mix_singles,
     slot_logits,
 )
 from .config import InterTrainArguments
 from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
 from .data.device import DeviceImageDataset, dataset_pipeline, materialize_pixels, prefers_channels_last
 from .hub import image_size_of, make_loadable, resolve_repo_id
+from .mixing import BatchMixing
 from .model_card import card_facts, card_inputs, write_model_card
 from .records import LossRecorder, PlanCounts, epoch_statistics
 from .sampler import InterTrainBatchSampler
@@ -198,6 +201,14 @@ class InterTrainTrainer(Trainer):
             interpolation_off_fraction=args.interpolation_off_fraction,
         )
         self.recorder = LossRecorder(self.tracker)
+        self._mixing = (
+            BatchMixing(
+                timm_model.num_classes, args.mixup_alpha, args.cutmix_alpha, args.mixup_prob, args.mixup_switch_prob,
+                args.mixup_mode, args.label_smoothing_factor,
+            )
+            if args.mixes
+            else None
+        )
         self._channels_last = prefers_channels_last(timm_model)
         self.intertrain_history: list[dict[str, float]] = []
         self._epoch_update_steps: list[int] = []
@@ -216,6 +227,7 @@ class InterTrainTrainer(Trainer):
             **kwargs,
         )
         self._mask_seeder = MaskSeeder(args.seed, args.process_index)
+        self._mixing_seeder = MaskSeeder(args.seed, args.process_index, stream=MIXING_STREAM)
         self.add_callback(_EpochBoundary(self))
 
     @property
@@ -244,8 +256,9 @@ class InterTrainTrainer(Trainer):
         return self.accelerator.prepare(DataLoader(self._batch_seeded_dataset, **params))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Pairs and composites built on the training device, their loss (see `composition.py`) and every
-        constituent's record for the amenability metric (docs/method.md, "Loss"). Outside training: cross-entropy."""
+        """Pairs and composites built on the training device, the singles mixed by timm's Mixup / CutMix when it is
+        on, their loss (see `composition.py`) and every constituent's record for the amenability metric
+        (docs/method.md, "Loss" and "Mixup and CutMix"). Outside training: cross-entropy."""
         if not model.training or "sample_index" not in inputs:
             logits = self._logits(model, inputs["pixel_values"])
             loss = F.cross_entropy(logits.float(), inputs["labels"])
@@ -256,12 +269,18 @@ class InterTrainTrainer(Trainer):
             inputs, interpolation=args.interpolation, four_way=args.four_way, feature_grid=self.feature_grid,
             patch_ratio=args.patch_ratio, split=self.feature_layout is not None, generator=generator,
         )
+        single_targets = None
+        if self._mixing is not None:
+            seed = self._mixing_seeder.step_seed(self.state.global_step)
+            composed, single_targets = mix_singles(composed, inputs["labels"], self._mixing, seed)
         logits = slot_logits(composed, model, lambda pixel_values: self._logits(model, pixel_values))
         loss_weight = self._loss_weight(inputs)
         weights = composite_weights(composed, args.composite_loss_weight)
         if weights is not None:
             loss_weight = weights if loss_weight is None else loss_weight * weights
-        loss, records = constituent_losses(logits, inputs, composed.shares, loss_weight)
+        loss, records = constituent_losses(
+            logits, inputs, composed.shares, loss_weight, single_targets, args.label_smoothing_factor
+        )
         self.recorder.add(records)
         return (loss, {"logits": logits[0]}) if return_outputs else loss
 

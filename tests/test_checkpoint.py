@@ -47,6 +47,12 @@ OTHER_VALUES = {
     "composite_loss_weight": 2.0,
     "data_pipeline": "device",
     "interpolation_off_fraction": 0.25,
+    "mixup_alpha": 1.0,
+    "cutmix_alpha": 1.0,
+    "mixup_prob": 0.5,
+    "mixup_switch_prob": 0.25,
+    "mixup_mode": "elem",
+    "label_smoothing_factor": 0.1,
 }
 # Settings whose other value needs another configuration in both runs (peer methods train without interpolation).
 SHARED_OVERRIDES = {"data_selection": {"interpolation": "none"}}

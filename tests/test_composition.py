@@ -8,14 +8,17 @@ import torch.nn.functional as F
 
 from conftest import make_model
 from hf_intertrain.composition import (
+    MIXING_STREAM,
     MaskSeeder,
     check_composable,
     compose_batch,
     composite_weights,
     constituent_losses,
     draws_masks,
+    mix_singles,
     slot_logits,
 )
+from hf_intertrain.mixing import BatchMixing
 from hf_intertrain.operators import cell_rectangle_masks, quadrant_owner, quadrant_splits
 from hf_intertrain.split import unwrap_timm_model
 
@@ -251,3 +254,57 @@ def test_mask_seeder_counts_micro_batches_per_step_and_differs_per_process():
     assert len(set(first)) == 6  # (step, micro) pairs all differ
     assert draws(MaskSeeder(0, 0), [1]) == [first[2]]  # a resumed run at step 1 starts at micro-batch 0
     assert draws(MaskSeeder(0, 1), [0]) != [first[0]] and draws(MaskSeeder(1, 0), [0]) != [first[0]]
+
+
+def test_mixing_touches_only_the_singles_and_pairs_keep_their_composed_pixels():
+    inputs = _inputs(7, 3)
+    composed = _compose(inputs)
+    mixing = BatchMixing(4, cutmix_alpha=1.0, mixup_alpha=1.0)
+    mixed, targets = mix_singles(composed, inputs["labels"], mixing, seed=9)
+    assert torch.equal(mixed.pixel_values[:3], composed.pixel_values[:3])
+    assert not torch.equal(mixed.pixel_values[3:], composed.pixel_values[3:])
+    assert targets.shape == (4, 4) and mixed.shares is composed.shares and mixed.owner is composed.owner
+    expected, expected_targets = mixing(composed.pixel_values[3:], inputs["labels"][3:], seed=9)
+    assert torch.equal(mixed.pixel_values[3:], expected) and torch.equal(targets, expected_targets)
+
+
+def test_mixed_singles_train_on_soft_targets_and_record_their_own_label_loss():
+    inputs = _inputs(6, 2)
+    composed = _compose(inputs)
+    logits = [torch.randn(6, 4, generator=torch.Generator().manual_seed(4)), None]
+    logits[1] = logits[0][:2]
+    targets = torch.softmax(torch.randn(4, 4, generator=torch.Generator().manual_seed(5)), -1)
+    plain, records = constituent_losses(logits, inputs, composed.shares)
+    loss, mixed_records = constituent_losses(logits, inputs, composed.shares, single_targets=targets)
+
+    own_label = F.cross_entropy(logits[0], inputs["labels"], reduction="none")
+    soft = -(targets * torch.log_softmax(logits[0][2:], -1)).sum(-1)
+    item_loss = composed.shares[0] * torch.cat([own_label[:2], soft])
+    item_loss[:2] += composed.shares[1] * F.cross_entropy(logits[1], inputs["labels_b"], reduction="none")
+    torch.testing.assert_close(loss, item_loss.mean())
+    assert not torch.allclose(loss, plain)
+    for a, b in zip(records, mixed_records):  # the amenability metric reads the own-label loss either way
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    torch.testing.assert_close(mixed_records[0][1], own_label)
+
+
+def test_label_smoothing_reaches_every_constituent_loss_but_not_the_records():
+    inputs = _inputs(5, 3)
+    composed = _compose(inputs)
+    logits = [torch.randn(5, 4, generator=torch.Generator().manual_seed(6)), None]
+    logits[1] = logits[0][:3]
+    _, records = constituent_losses(logits, inputs, composed.shares)
+    smoothed, smoothed_records = constituent_losses(logits, inputs, composed.shares, label_smoothing=0.1)
+    item_loss = torch.zeros(5)
+    for share, slot, suffix in zip(composed.shares, logits, ("", "_b")):
+        smooth = F.cross_entropy(slot, inputs[f"labels{suffix}"], reduction="none", label_smoothing=0.1)
+        item_loss[: share.shape[0]] += share * smooth
+    torch.testing.assert_close(smoothed, item_loss.mean())
+    for a, b in zip(records, smoothed_records):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_mixing_seeds_are_a_stream_of_their_own():
+    masks, mixing = MaskSeeder(0, 0), MaskSeeder(0, 0, stream=MIXING_STREAM)
+    assert masks.step_seed(3) != mixing.step_seed(3)
+    assert MaskSeeder(0, 0, stream=MIXING_STREAM).step_seed(3) == MaskSeeder(0, 0, stream=MIXING_STREAM).step_seed(3)

@@ -32,7 +32,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module", params=["workers", "device"])
 def launched(request, tmp_path_factory):
     """One `accelerate launch` of two CPU processes per data pipeline: an uninterrupted run, a run killed after a
-    mid-epoch checkpoint in epoch 2 and resumed from it, and a misconfigured run (see tests/distributed/train_tiny.py)."""
+    mid-epoch checkpoint in epoch 2 and resumed from it, and a misconfigured run (see tests/distributed/train_tiny.py).
+    The device-path launch also mixes its singles with CutMix."""
     output_dir = tmp_path_factory.mktemp(f"distributed_{request.param}")
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -40,6 +41,8 @@ def launched(request, tmp_path_factory):
         str(SCRIPT), "--output_dir", str(output_dir), "--data_pipeline", request.param,
         "--num_samples", str(NUM_SAMPLES), "--batch_size", str(BATCH_SIZE), "--epochs", str(EPOCHS), "--resume_check",
     ]
+    if request.param == "device":
+        command += ["--cutmix_alpha", "1.0"]  # the device run also mixes its singles: resume and ranks must agree
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

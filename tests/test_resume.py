@@ -286,3 +286,17 @@ def test_device_pipeline_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends
     resumed = _trainer(tmp_path / "resumed", data, model_seed=7, **settings)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     _assert_same_outcome(_outcome(resumed), _outcome(reference))
+
+
+def test_resume_mid_epoch_with_cutmix_and_mixup_ends_where_the_uninterrupted_run_ends(tmp_path, data):
+    settings = {"cutmix_alpha": 1.0, "mixup_alpha": 1.0, "label_smoothing_factor": 0.1, "num_train_epochs": 4}
+    reference = _trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([14])], save_strategy="no", **settings)
+    reference.train()
+    assert reference.intertrain_history[2]["intertrain/pairs"] > 0  # step 14 is inside an interpolating epoch
+    unmixed = _trainer(tmp_path / "unmixed", data, save_strategy="no", num_train_epochs=4)
+    unmixed.train()
+    assert unmixed.evaluate()["eval_loss"] != pytest.approx(reference.evaluate()["eval_loss"], rel=1e-6)
+
+    resumed = _trainer(tmp_path / "resumed", data, model_seed=7, save_strategy="no", **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "reference" / "checkpoint-14"))
+    _assert_same_outcome(_outcome(resumed), _outcome(reference))

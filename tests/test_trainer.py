@@ -281,10 +281,10 @@ def test_composite_loss_weight_reaches_every_pair_of_the_batch_loss(tmp_path, ti
     seen = []
     original = trainer_module.constituent_losses
 
-    def recording(logits, inputs, shares, loss_weight=None):
+    def recording(logits, inputs, shares, loss_weight=None, *rest):
         pairs = shares[1].shape[0] if len(shares) > 1 else 0
         seen.append((pairs, None if loss_weight is None else loss_weight.tolist()))
-        return original(logits, inputs, shares, loss_weight)
+        return original(logits, inputs, shares, loss_weight, *rest)
 
     monkeypatch.setattr(trainer_module, "constituent_losses", recording)
     args = _args(tmp_path, num_train_epochs=4, composite_loss_weight=2.0)
@@ -293,6 +293,39 @@ def test_composite_loss_weight_reaches_every_pair_of_the_batch_loss(tmp_path, ti
     assert with_pairs and all(weight is None for pairs, weight in seen if not pairs)
     for pairs, weight in with_pairs:
         assert weight[:pairs] == [2.0] * pairs and weight[pairs:] == [1.0] * (len(weight) - pairs)
+
+
+@pytest.mark.parametrize("interpolation", ["none", "randpatch"])
+def test_mixing_trains_every_single_on_soft_targets_odd_batches_too_and_records_own_label_losses(
+    tmp_path, monkeypatch, interpolation
+):
+    import hf_intertrain.trainer as trainer_module
+
+    seen = []
+    original = trainer_module.constituent_losses
+
+    def recording(logits, inputs, shares, loss_weight=None, single_targets=None, label_smoothing=0.0):
+        loss, records = original(logits, inputs, shares, loss_weight, single_targets, label_smoothing)
+        own_label = torch.nn.functional.cross_entropy(logits[0].float(), inputs["labels"], reduction="none")
+        torch.testing.assert_close(records[0][1], own_label)
+        singles = logits[0].shape[0] - (shares[1].shape[0] if len(shares) > 1 else 0)
+        seen.append((singles, single_targets, label_smoothing))
+        return loss, records
+
+    monkeypatch.setattr(trainer_module, "constituent_losses", recording)
+    dataset = make_dataset(37, seed=0)  # batches of 16, 16 and 5 items: an odd batch every epoch
+    args = _args(tmp_path, interpolation=interpolation, num_train_epochs=4, cutmix_alpha=1.0, mixup_alpha=1.0,
+                 label_smoothing_factor=0.1)
+    trainer = InterTrainTrainer(model=make_model(output_stride=16), args=args, train_dataset=dataset)
+    trainer.train()
+    assert all(targets.shape == (singles, 4) and smoothing == 0.1 for singles, targets, smoothing in seen)
+    assert any(singles % 2 for singles, _, _ in seen)
+    mixed_rows = torch.cat([targets for _, targets, _ in seen]).max(-1).values < 0.9 + 0.1 / 4 - 1e-6
+    assert mixed_rows.any()  # mixed, not only smoothed
+    for row in trainer.intertrain_history:
+        assert row["intertrain/items"] + row["intertrain/pairs"] == 37
+    if interpolation == "randpatch":
+        assert trainer.intertrain_history[-1]["intertrain/pairs"] > 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     accelerate launch --config_file recipes/accelerate/cpu_multi_process.yaml --num_processes 2 \
         tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16] [--four_way randpatch4] \
-        [--data_pipeline device]
+        [--data_pipeline device] [--cutmix_alpha 1.0]
 
 (`accelerate launch --cpu --num_processes 2` starts one process unless an MPI hostfile is configured: the
 config above launches the CPU processes through torchrun instead.)
@@ -17,6 +17,7 @@ are given different InterTrain settings (`OUT/diverging_rank{r}.json`: how it en
 With --four_way the "full" run starts with the first 32 samples marked for 4-way composites and the next 8 paired.
 With --data_pipeline device the same images are served by `DeviceImageDataset`s (one decoded cache in OUT/pixels,
 built by the main process while the other waits) and augmented in `_prepare_inputs`.
+With --cutmix_alpha each process mixes the singles of its own batches with timm's CutMix.
 """
 
 import argparse
@@ -94,6 +95,7 @@ def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=()
         bf16=cli.bf16,
         four_way=cli.four_way,
         data_pipeline=cli.data_pipeline,
+        cutmix_alpha=cli.cutmix_alpha,
         ddp_find_unused_parameters=False,
     )
     args = InterTrainArguments(output_dir=output_dir, **{**settings, **overrides})
@@ -149,6 +151,7 @@ def main():
     parser.add_argument("--resume_check", action="store_true")
     parser.add_argument("--four_way", default="none")
     parser.add_argument("--data_pipeline", default="workers", choices=["workers", "device"])
+    parser.add_argument("--cutmix_alpha", type=float, default=0.0)
     cli = parser.parse_args()
     os.makedirs(cli.output_dir, exist_ok=True)
     train, evaluation = datasets_of(cli)

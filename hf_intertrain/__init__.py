@@ -7,14 +7,16 @@ Public API:
     feature_grid, forward_split                split propagation for timm models
 """
 
+import importlib.metadata
+
 from .config import DataArguments, InterTrainArguments, ModelArguments
-from .operators import cell_rectangle_masks, linavg, randpatch, upsample_cell_mask
-from .sampler import InterTrainBatchSampler
-from .split import check_splittable, feature_grid, forward_split
-from .tracker import AmenabilityTracker
+from .method.operators import cell_rectangle_masks, linavg, randpatch, upsample_cell_mask
+from .method.sampler import InterTrainBatchSampler
+from .method.split import check_splittable, feature_grid, forward_split
+from .method.tracker import AmenabilityTracker
 from .trainer import InterTrainTrainer
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("hf_intertrain")
 
 __all__ = [
     "AmenabilityTracker",

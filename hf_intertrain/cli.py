@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 
 from .config import DataArguments, InterTrainArguments, ModelArguments
 from .launch import end_processes
-from .variants import variants_help
+from .experiments.variants import variants_help
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
 COMMANDS = {
@@ -78,7 +78,7 @@ def parse_args(command: str, argv: list[str]) -> tuple:
     `(BenchSamplerArguments,)` for bench-sampler and `(BenchLoaderArguments,)` for bench-loader, which take flags
     only."""
     if command in ("bench-sampler", "bench-loader"):
-        from .bench import BenchLoaderArguments, BenchSamplerArguments
+        from .experiments.bench import BenchLoaderArguments, BenchSamplerArguments
 
         bench_type = BenchSamplerArguments if command == "bench-sampler" else BenchLoaderArguments
         parser = HfArgumentParser(bench_type, prog=f"hf-intertrain {command}", description=COMMANDS[command])
@@ -151,19 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parsed = parse_args(command, rest)
         if command == "train":
-            from .run import run_training
+            from .experiments.run import run_training
 
             run_training(*parsed)
         elif command == "bench-sampler":
-            from .bench import run_bench_sampler
+            from .experiments.bench import run_bench_sampler
 
             run_bench_sampler(*parsed)
         elif command == "bench-loader":
-            from .bench import run_bench_loader
+            from .experiments.bench import run_bench_loader
 
             run_bench_loader(*parsed)
         else:
-            from .compare import parse_lengths, parse_seeds, parse_variants, run_comparison, run_sweep
+            from .experiments.compare import parse_lengths, parse_seeds, parse_variants, run_comparison, run_sweep
 
             model_args, data_args, training_args, compare_args = parsed
             variants = parse_variants(compare_args.variants)

@@ -23,8 +23,8 @@ from .constants import (
     THRESHOLD_AVERAGES,
 )
 from .launch import launched_on_cpu
-from .mixing import check_mixing
-from .selection import check_selection
+from .method.mixing import check_mixing
+from .method.selection import check_selection
 
 
 @dataclass

@@ -48,5 +48,9 @@ DATA_PIPELINES: tuple[str, ...] = ("auto", "workers", "device")
 """Where images are decoded and augmented: per image in the DataLoader workers, or in batches on the training
 device from a decoded uint8 cache or the encoded files (`data/device.py`); `auto` picks by the cache budget."""
 
+EXTRA_CONSTITUENTS: tuple[str, ...] = ("b", "c", "d")
+"""Suffixes of the constituents after the first in a collated batch (`pixel_values_b`, `labels_c`, ...): a pair has
+a and b, a 4-way composite a, b, c and d."""
+
 MIXUP_MODES: tuple[str, ...] = ("batch", "pair", "elem")
 """timm's `Mixup` modes: one draw per batch, per pair of rows, or per row."""

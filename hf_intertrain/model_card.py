@@ -9,6 +9,7 @@ plots the interpolated fraction per epoch beside the card.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.resources
 import json
 import math
@@ -125,8 +126,7 @@ def card_facts(
     import torch
     import transformers
 
-    from . import __version__
-    from .split import unwrap_timm_model
+    from .method.split import unwrap_timm_model
 
     args = trainer.args
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -184,7 +184,7 @@ def card_facts(
             "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
         },
         "versions": {
-            "hf_intertrain": __version__,
+            "hf_intertrain": importlib.metadata.version("hf_intertrain"),
             "timm": timm.__version__,
             "transformers": transformers.__version__,
             "torch": torch.__version__,

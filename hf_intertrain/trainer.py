@@ -37,7 +37,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .checkpoint import intertrain_settings, load_state, plan_layout, save_state, steps_done_in_epoch
-from .composition import (
+from .method.composition import (
     MIXING_STREAM,
     MaskSeeder,
     check_composable,
@@ -52,14 +52,14 @@ from .config import InterTrainArguments
 from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
 from .data.device import DeviceImageDataset, dataset_pipeline, materialize_pixels, prefers_channels_last
 from .hub import image_size_of, make_loadable, resolve_repo_id
-from .mixing import BatchMixing
+from .method.mixing import BatchMixing
 from .model_card import card_facts, card_inputs, write_model_card
-from .records import LossRecorder, PlanCounts, epoch_statistics
-from .sampler import InterTrainBatchSampler
-from .selection import check_selection
-from .schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
-from .split import unwrap_timm_model
-from .tracker import AmenabilityTracker
+from .method.records import LossRecorder, PlanCounts, epoch_statistics
+from .method.sampler import InterTrainBatchSampler
+from .method.selection import check_selection
+from .method.schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
+from .method.split import unwrap_timm_model
+from .method.tracker import AmenabilityTracker
 
 
 class _EpochBoundary(TrainerCallback):

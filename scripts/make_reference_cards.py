@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_intertrain.compare import COMPARISON_JSON
+from hf_intertrain.experiments.compare import COMPARISON_JSON
 from hf_intertrain.model_card import load_facts, write_model_card
 
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_dataset
 
-from hf_intertrain.bench import BenchSamplerArguments, bench_sampler
+from hf_intertrain.experiments.bench import BenchSamplerArguments, bench_sampler
 from hf_intertrain.cli import main
 
 KEYS = {"num_samples", "epochs", "epoch_seconds", "end_epoch_seconds", "plan_seconds", "record_seconds", "peak_mb", "rss_before_mb"}

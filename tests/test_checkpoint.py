@@ -21,7 +21,7 @@ from hf_intertrain.checkpoint import (
     saved_setting,
     steps_done_in_epoch,
 )
-from hf_intertrain.tracker import AmenabilityTracker
+from hf_intertrain.method.tracker import AmenabilityTracker
 
 NUM_SAMPLES = 10
 # A value other than the default for every resume setting: a setting appended to RESUME_SETTINGS needs one here.

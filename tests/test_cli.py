@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from conftest import make_model
 from hf_intertrain.cli import main, parse_args
 from hf_intertrain.config import ModelArguments
-from hf_intertrain.run import model_settings_line
+from hf_intertrain.experiments.run import model_settings_line
 
 datasets.disable_progress_bars()
 
@@ -142,7 +142,7 @@ def test_command_help_lists_its_fields(capfd, command, flags):
 
 
 def test_compare_help_gives_every_variant_its_line_from_the_table(capfd):
-    from hf_intertrain.variants import VARIANTS
+    from hf_intertrain.experiments.variants import VARIANTS
 
     with pytest.raises(SystemExit):
         main(["compare", "--help"])

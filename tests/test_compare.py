@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from hf_intertrain.cli import main
-from hf_intertrain.compare import (
+from hf_intertrain.experiments.compare import (
     MATCHED_VARIANTS,
     SWEEP_JSON,
     VARIANTS,
@@ -23,7 +23,7 @@ from hf_intertrain.compare import (
     variant_arguments,
 )
 from hf_intertrain.config import DataArguments, InterTrainArguments, ModelArguments
-from hf_intertrain.run import RUN_REPORT_NAME, RunReport
+from hf_intertrain.experiments.run import RUN_REPORT_NAME, RunReport
 from test_cli import assert_one_line_error, write_image_dataset
 
 N = 100
@@ -204,10 +204,10 @@ BATCH = 16
 @pytest.fixture
 def no_plots(monkeypatch):
     """Skip drawing comparison.png / sweep.png (the plot tests draw them) to keep these tests fast."""
-    import hf_intertrain.compare
+    import hf_intertrain.experiments.compare
 
-    monkeypatch.setattr(hf_intertrain.compare, "plot_comparison", lambda comparison, path: None)
-    monkeypatch.setattr(hf_intertrain.compare, "plot_sweep", lambda sweep, path: None)
+    monkeypatch.setattr(hf_intertrain.experiments.compare, "plot_comparison", lambda comparison, path: None)
+    monkeypatch.setattr(hf_intertrain.experiments.compare, "plot_sweep", lambda sweep, path: None)
 
 
 class FakeTrain:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_model
-from hf_intertrain.composition import (
+from hf_intertrain.method.composition import (
     MIXING_STREAM,
     MaskSeeder,
     check_composable,
@@ -18,9 +18,9 @@ from hf_intertrain.composition import (
     mix_singles,
     slot_logits,
 )
-from hf_intertrain.mixing import BatchMixing
-from hf_intertrain.operators import cell_rectangle_masks, quadrant_owner, quadrant_splits
-from hf_intertrain.split import unwrap_timm_model
+from hf_intertrain.method.mixing import BatchMixing
+from hf_intertrain.method.operators import cell_rectangle_masks, quadrant_owner, quadrant_splits
+from hf_intertrain.method.split import unwrap_timm_model
 
 GRID, RATIO, SEED = (5, 3), 0.3, 1234
 # What the trainer drew before composition moved out of it (same inputs, grid, ratio and generator seed): the

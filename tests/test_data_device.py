@@ -194,7 +194,7 @@ def test_a_split_served_from_its_files_gives_the_pixels_of_its_cache(tmp_path, f
 
 
 def test_eval_pixels_are_the_workers_eval_transforms(tmp_path, datasets_cache_in_tmp):
-    from hf_intertrain.run import build_split_datasets
+    from hf_intertrain.experiments.run import build_split_datasets
 
     data = load_image_classification_data(str(write_dataset(tmp_path / "data", {"train": 6, "test": 3})))
 

@@ -14,8 +14,8 @@ import safetensors.numpy
 
 from conftest import REPO, make_dataset, make_device_dataset, make_split, pixel_digest
 from hf_intertrain.data import BatchSeededDataset, InterTrainCollator, materialize_pixels
-from hf_intertrain.sampler import InterTrainBatchSampler
-from hf_intertrain.tracker import AmenabilityTracker
+from hf_intertrain.method.sampler import InterTrainBatchSampler
+from hf_intertrain.method.tracker import AmenabilityTracker
 
 NUM_SAMPLES, BATCH_SIZE, EPOCHS = 70, 8, 3  # 9 batches in epoch 0: the second process's last batch is padding
 SCRIPT = REPO / "tests" / "distributed" / "train_tiny.py"

@@ -27,7 +27,7 @@ from hf_intertrain.hub import (
     resolve_repo_id,
     strip_wrapper_prefix,
 )
-from hf_intertrain.run import run_training
+from hf_intertrain.experiments.run import run_training
 
 CLASS_NAMES = [f"class_{i}" for i in range(4)]
 TRAINING = dict(TINY_TRAINING, num_train_epochs=2, per_device_eval_batch_size=32, eval_strategy="epoch", save_strategy="epoch")

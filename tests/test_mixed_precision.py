@@ -8,8 +8,8 @@ import torch
 
 from conftest import TINY_TRAINING, make_dataset, make_model
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
-from hf_intertrain.composition import compose_batch, constituent_losses, slot_logits
-from hf_intertrain.split import unwrap_timm_model
+from hf_intertrain.method.composition import compose_batch, constituent_losses, slot_logits
+from hf_intertrain.method.split import unwrap_timm_model
 
 COMMON = TINY_TRAINING
 # Two RandPatch/LinAvg pairs and two singles.

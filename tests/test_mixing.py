@@ -4,7 +4,7 @@ import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
-from hf_intertrain.mixing import BatchMixing, check_mixing, numpy_seeded, soft_target_cross_entropy
+from hf_intertrain.method.mixing import BatchMixing, check_mixing, numpy_seeded, soft_target_cross_entropy
 
 NUM_CLASSES = 5
 

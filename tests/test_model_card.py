@@ -17,7 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 from conftest import REPO, TINY_TRAINING, make_dataset, make_model, make_split
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.checkpoint import RESUME_SETTINGS
-from hf_intertrain.compare import run_comparison
+from hf_intertrain.experiments.compare import run_comparison
 from hf_intertrain.config import DataArguments, ModelArguments
 from hf_intertrain.data import EMBEDDED_DATASET
 from hf_intertrain.metrics import build_compute_metrics

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_intertrain.operators import (
+from hf_intertrain.method.operators import (
     cell_rectangle_masks,
     linavg,
     mosaic4,

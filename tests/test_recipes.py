@@ -11,8 +11,8 @@ import yaml
 from transformers import TimmWrapperForImageClassification
 
 from hf_intertrain.cli import DEFAULT_RECIPE, main, parse_args
-from hf_intertrain.run import RUN_REPORT_NAME
-from hf_intertrain.split import feature_grid
+from hf_intertrain.experiments.run import RUN_REPORT_NAME
+from hf_intertrain.method.split import feature_grid
 from test_cli import write_image_dataset
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_intertrain.records import RECORD_FLUSH_EVERY, LossRecorder, PlanCounts, epoch_statistics
-from hf_intertrain.tracker import AmenabilityTracker
+from hf_intertrain.method.records import RECORD_FLUSH_EVERY, LossRecorder, PlanCounts, epoch_statistics
+from hf_intertrain.method.tracker import AmenabilityTracker
 
 NUM_SAMPLES = 8
 

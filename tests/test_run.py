@@ -1,10 +1,10 @@
-"""Tests of hf_intertrain/run.py: which splits are decoded before training once the input path is known."""
+"""Tests of hf_intertrain/experiments/run.py: which splits are decoded before training once the input path is known."""
 
 import pytest
 from conftest import FLAT_CONFIG, default_features, encode, image_value, noise_image, write_dataset, write_split
 
 from hf_intertrain.data import DataError, load_image_classification_data
-from hf_intertrain.run import build_split_datasets, verify_uncached_images
+from hf_intertrain.experiments.run import build_split_datasets, verify_uncached_images
 
 pytestmark = pytest.mark.usefixtures("datasets_cache_in_tmp")
 

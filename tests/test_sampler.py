@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from accelerate.data_loader import SeedableRandomSampler
 
-from hf_intertrain.sampler import InterTrainBatchSampler
-from hf_intertrain.tracker import REGION_1, REGION_3, AmenabilityTracker
+from hf_intertrain.method.sampler import InterTrainBatchSampler
+from hf_intertrain.method.tracker import REGION_1, REGION_3, AmenabilityTracker
 
 
 def tracker_with_s_int(num_samples: int, s_int: list[int]) -> AmenabilityTracker:
@@ -322,7 +322,7 @@ def test_random_subset_epochs_have_the_given_sizes_and_cover_the_data_before_rep
 
 
 def sampler_order_stream(sizes, seed):
-    from hf_intertrain.selection import random_subset
+    from hf_intertrain.method.selection import random_subset
 
     return [int(i) for epoch in range(len(sizes)) for i in random_subset(10, sizes, epoch, seed)]
 

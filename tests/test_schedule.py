@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from hf_intertrain.schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
+from hf_intertrain.method.schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
 
 
 def _optimizer(lr=1.0):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hf_intertrain.significance import outcome, pack_correct, paired_bootstrap, unpack_correct
+from hf_intertrain.experiments.significance import outcome, pack_correct, paired_bootstrap, unpack_correct
 
 
 @pytest.mark.parametrize("num_images", [1, 7, 8, 10_000])

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_intertrain.operators import cell_rectangle_masks, quadrant_owner, quadrant_splits, randpatch, randpatch4
-from hf_intertrain.split import (
+from hf_intertrain.method.operators import cell_rectangle_masks, quadrant_owner, quadrant_splits, randpatch, randpatch4
+from hf_intertrain.method.split import (
     FeatureLayout,
     check_splittable,
     feature_grid,

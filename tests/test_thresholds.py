@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_intertrain.thresholds import EMA_DECAY, ThresholdAverages
+from hf_intertrain.method.thresholds import EMA_DECAY, ThresholdAverages
 
 
 def folded(*epochs):

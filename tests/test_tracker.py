@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_intertrain.tracker import NAIVE, NOT_INTERPOLATED, REGION_1, REGION_3, AmenabilityTracker, EpochSummary
+from hf_intertrain.method.tracker import NAIVE, NOT_INTERPOLATED, REGION_1, REGION_3, AmenabilityTracker, EpochSummary
 
 # Epoch 0 table used by most tests: samples 0-3 correct with loss 1.0, samples 4-7 incorrect
 # with loss 3.0, so after it L_corr = 1.0, L_incorr = 3.0, L_mid = 2.0.
@@ -504,7 +504,7 @@ def test_threshold_averages_by_hand():
 
 
 def test_ema_uses_the_fixed_decay_and_the_first_epoch_initialises_it():
-    from hf_intertrain.tracker import EMA_DECAY
+    from hf_intertrain.method.tracker import EMA_DECAY
 
     assert EMA_DECAY == 0.5
     tracker = AmenabilityTracker(2, regions=(1,), threshold_average="ema")  # Both samples stay in S_noInt.
@@ -771,7 +771,7 @@ def test_mismatched_threshold_average_is_refused():
 # ---------------------------------------------------------------------------------------------
 # Bound on the adaptive LinAvg ratio
 def test_adaptive_ratio_is_bounded_and_symmetric():
-    from hf_intertrain.tracker import ADAPTIVE_RATIO_MIN
+    from hf_intertrain.method.tracker import ADAPTIVE_RATIO_MIN
 
     assert ADAPTIVE_RATIO_MIN == 0.25
     tracker = AmenabilityTracker(6)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from ..constants import EXTRA_CONSTITUENTS
 from .images import decode_image
 from .loading import read_labels, undecoded_images
 from .rng import preserved_host_rngs
@@ -25,8 +26,6 @@ from .rng import preserved_host_rngs
 ItemKey = int | tuple[int, int, float] | tuple[int, int, float, int, int]
 """A sampler key: a row `a`, a pair `(a, b, r)`, or a 4-way composite `(a, b, r, c, d)`."""
 
-EXTRA_CONSTITUENTS = ("b", "c", "d")
-"""Key suffixes of the constituents after a: "pixel_values_b", "labels_c", "sample_index_d", ..."""
 _CONSTITUENT_KEYS = tuple(
     (f"pixel_values_{suffix}", f"labels_{suffix}", f"sample_index_{suffix}") for suffix in EXTRA_CONSTITUENTS
 )

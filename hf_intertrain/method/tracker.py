@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .constants import FOUR_WAY_SELECTIONS, REGION1_RULES, REGION3_RULES, THRESHOLD_AVERAGES
+from ..constants import FOUR_WAY_SELECTIONS, REGION1_RULES, REGION3_RULES, THRESHOLD_AVERAGES
 from .thresholds import EMA_DECAY, ThresholdAverages  # noqa: F401 (EMA_DECAY re-exported)
 
 # Membership codes of `AmenabilityTracker.reason`.

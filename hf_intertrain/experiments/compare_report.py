@@ -12,8 +12,8 @@ import os
 import statistics
 from typing import Any
 
-from .checkpoint import RESUME_SETTINGS
-from .config import DataArguments, InterTrainArguments, ModelArguments
+from ..checkpoint import RESUME_SETTINGS
+from ..config import DataArguments, InterTrainArguments, ModelArguments
 from .run import RunReport
 
 SETTINGS = (*RESUME_SETTINGS, "max_steps")

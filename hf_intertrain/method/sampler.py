@@ -14,18 +14,16 @@ with S_int left out instead of paired (`amenable_action="skip"`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from hf_intertrain.constants import AMENABLE_ACTIONS
-from hf_intertrain.selection import before_final_fraction, check_selection, infobatch_selection, random_subset
-from hf_intertrain.tracker import REGION_3, AmenabilityTracker
+from ..constants import AMENABLE_ACTIONS
+from .selection import before_final_fraction, check_selection, infobatch_selection, random_subset
+from .tracker import REGION_3, AmenabilityTracker
 
-if TYPE_CHECKING:
-    from hf_intertrain.data.items import ItemKey  # the key protocol, defined once there
 
 
 class EpochPlan(NamedTuple):
@@ -204,7 +202,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
             return num_items // self.batch_size
         return -(-num_items // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[ItemKey]]:
+    def __iter__(self) -> Iterator[list[int | tuple]]:
         item_a, item_b, item_r, item_c, item_d = self._ensure_plan()
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, item_a.shape[0]), self.batch_size):

@@ -18,10 +18,10 @@ import transformers
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
-from .config import DataArguments, InterTrainArguments, ModelArguments
-from .constants import SMALL_IMAGE_MAX_SIZE
-from .checkpoint import saved_setting
-from .data import (
+from ..config import DataArguments, InterTrainArguments, ModelArguments
+from ..constants import SMALL_IMAGE_MAX_SIZE
+from ..checkpoint import saved_setting
+from ..data import (
     DeviceImageDataset,
     ImageClassificationData,
     ImageClassificationDataset,
@@ -31,11 +31,11 @@ from .data import (
     load_image_classification_data,
     verify_images_as_asked,
 )
-from .launch import check_processes_share_work
+from ..launch import check_processes_share_work
 from .significance import pack_correct, unpack_correct
-from .metrics import build_compute_metrics
-from .split import feature_grid
-from .trainer import InterTrainTrainer
+from ..metrics import build_compute_metrics
+from ..method.split import feature_grid
+from ..trainer import InterTrainTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .constants import THRESHOLD_AVERAGES
+from ..constants import THRESHOLD_AVERAGES
 
 EMA_DECAY = 0.5
 """Weight of the previous value in `threshold_average="ema"`: new = 0.5 * old + 0.5 * this epoch's class mean.

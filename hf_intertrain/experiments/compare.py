@@ -76,8 +76,8 @@ import json
 import os
 from typing import Any, Callable
 
-from .checkpoint import SETTINGS_BEFORE_RECORDED
-from .config import DataArguments, InterTrainArguments, ModelArguments
+from ..checkpoint import SETTINGS_BEFORE_RECORDED
+from ..config import DataArguments, InterTrainArguments, ModelArguments
 from .compare_report import (
     SETTINGS,
     format_sweep,

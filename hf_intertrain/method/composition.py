@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import EXTRA_CONSTITUENTS
+from ..constants import EXTRA_CONSTITUENTS
 from .mixing import BatchMixing, soft_target_cross_entropy
 from .operators import cell_rectangle_masks, linavg, mosaic4, quadrant_owner, quadrant_splits, randpatch, randpatch4
 from .split import FeatureLayout, check_splittable, feature_grid, forward_split_by_owner

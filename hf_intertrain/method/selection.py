@@ -119,7 +119,7 @@ def check_selection(
     num_epochs: int | None = None,
 ) -> None:
     """One-line errors for settings the peer methods cannot run with (before any training)."""
-    from .constants import DATA_SELECTIONS
+    from ..constants import DATA_SELECTIONS
 
     if selection not in DATA_SELECTIONS:
         raise ValueError(f"data_selection={selection!r} is not supported: use one of {', '.join(DATA_SELECTIONS)}")

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from .constants import EMBEDDED_DATASET
-from .records import RECORD_FLUSH_EVERY
-from .sampler import InterTrainBatchSampler
-from .tracker import REGION_1, AmenabilityTracker
+from ..constants import EMBEDDED_DATASET
+from ..method.records import RECORD_FLUSH_EVERY
+from ..method.sampler import InterTrainBatchSampler
+from ..method.tracker import REGION_1, AmenabilityTracker
 
 
 @dataclass
@@ -239,7 +239,7 @@ def bench_loader(args: BenchLoaderArguments) -> dict[str, Any]:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from .data import (
+    from ..data import (
         BatchSeededDataset,
         DeviceImageDataset,
         InterTrainCollator,
@@ -247,7 +247,7 @@ def bench_loader(args: BenchLoaderArguments) -> dict[str, Any]:
         load_image_classification_data,
         materialize_pixels,
     )
-    from .data.device import PIXEL_KEYS
+    from ..data.device import PIXEL_KEYS
     from .run import build_split_datasets
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -26,7 +26,7 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from torch import Tensor
 
-from .constants import MIXUP_MODES
+from ..constants import MIXUP_MODES
 
 @contextmanager
 def numpy_seeded(seed: int) -> Iterator[None]:

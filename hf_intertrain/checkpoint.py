@@ -15,52 +15,29 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from .config import MID_EPOCH, RESUME, settings_with
+
 INTERTRAIN_STATE_NAME = "intertrain_state.safetensors"
 INTERTRAIN_META_NAME = "intertrain_state.json"
 
-RESUME_SETTINGS: tuple[str, ...] = (
-    "interpolation",
-    "split_propagation",
-    "adaptive_interpolation",
-    "selective_interpolation",
-    "amenability_regions",
-    "amenable_action",
-    "patch_ratio",
-    "four_way",
-    "four_way_selection",
-    "threshold_average",
-    "region1_rule",
-    "region3_rule",
-    "region3_increases",
-    "region3_epochs",
-    "data_selection",
-    "random_subset_sizes",
-    "infobatch_prune_probability",
-    "infobatch_full_data_fraction",
-    "composite_loss_weight",
-    "data_pipeline",
-    "interpolation_off_fraction",
-    "mixup_alpha",
-    "cutmix_alpha",
-    "mixup_prob",
-    "mixup_switch_prob",
-    "mixup_mode",
-    "label_smoothing_factor",
-)
-"""The `InterTrainArguments` fields a resumed run must share with its checkpoint: the one list of InterTrain's
-settings (the model card shows these too). A checkpoint made before a field was appended still loads, compared
-as `SETTINGS_BEFORE_RECORDED` says where that applies. `data_pipeline` is among them because the two pipelines draw
-different augmentations; the trainer stores the resolved value ('workers' or 'device'), never 'auto'."""
+RESUME_SETTINGS: tuple[str, ...] = settings_with(RESUME)
+"""The `InterTrainArguments` fields a resumed run must share with its checkpoint (the `RESUME` role of their
+declaration in `config.py`); the model card shows these too. A checkpoint made before a field existed still loads,
+compared as `SETTINGS_BEFORE_RECORDED` says where that applies. `data_pipeline` is among them because the two
+pipelines draw different augmentations; the trainer stores the resolved value ('workers' or 'device'), never 'auto'."""
 
 SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"data_pipeline": "workers"}
 """The value a setting had in checkpoints and runs made before it was recorded, where that is not simply unknown:
 every run before `data_pipeline` existed used the workers path."""
 
 
-MID_EPOCH_SETTINGS: tuple[str, ...] = ("data_pipeline",)
+MID_EPOCH_SETTINGS: tuple[str, ...] = tuple(name for name in settings_with(MID_EPOCH) if name in RESUME_SETTINGS)
 """Settings a resume must share only from a mid-epoch checkpoint, like the plan layout: the rest of that epoch must draw
 its augmentations as planned. From an epoch's end a run may switch input paths (same augmentation distributions,
 other draws), e.g. resume a CLI run made on the device path with a dataset of its own."""
+
+PLAN_LAYOUT: tuple[str, ...] = tuple(name for name in settings_with(MID_EPOCH) if name not in RESUME_SETTINGS)
+"""The `TrainingArguments` fields an epoch's batches depend on besides the tracker (with the number of processes)."""
 
 
 def saved_setting(checkpoint_dir: str | os.PathLike, name: str) -> Any:
@@ -79,21 +56,16 @@ def _stored_value(args: Any, name: str) -> Any:
     return getattr(args, name)
 
 
-def intertrain_settings(args: Any, num_samples: int) -> dict[str, Any]:
-    """The dataset size and the `RESUME_SETTINGS` of `args` (`InterTrainArguments`), as a checkpoint stores them."""
-    return {"num_samples": int(num_samples), **{name: _stored_value(args, name) for name in RESUME_SETTINGS}}
+def intertrain_settings(args: Any, num_samples: int, **resolved: Any) -> dict[str, Any]:
+    """The dataset size and the `RESUME_SETTINGS` of `args` (`InterTrainArguments`), as a checkpoint stores them;
+    `resolved` gives the values a run resolved itself (the trainer's `data_pipeline`, never 'auto')."""
+    settings = {name: resolved[name] if name in resolved else _stored_value(args, name) for name in RESUME_SETTINGS}
+    return {"num_samples": int(num_samples), **settings}
 
 
 def plan_layout(args: Any, num_processes: int) -> dict[str, Any]:
     """What an epoch's batches depend on besides the tracker: must match to resume mid-epoch."""
-    return {
-        "seed": args.seed,
-        "data_seed": args.data_seed,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "dataloader_drop_last": args.dataloader_drop_last,
-        "num_processes": int(num_processes),
-    }
+    return {**{name: getattr(args, name) for name in PLAN_LAYOUT}, "num_processes": int(num_processes)}
 
 
 def save_state(output_dir: str | os.PathLike, tracker_state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

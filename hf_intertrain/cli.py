@@ -1,7 +1,7 @@
 """`hf-intertrain`: command-line parsing only (the work is in `run.py` and `compare.py`).
 
     hf-intertrain train         [--config recipe.yaml] [--any_field value ...]
-    hf-intertrain compare       [--config recipe.yaml] [--variants baseline,intertrain] [--any_field value ...]
+    hf-intertrain compare       [--config recipe.yaml] [--variants baseline,intertrain,budget] [--any_field value ...]
     hf-intertrain bench-sampler [--num_samples 1281167] [--epochs 3] [--seed 0]
     hf-intertrain bench-loader  [--data_pipeline device] [--batch_size 64] [--batches 50] [--with_model resnet18]
 
@@ -31,7 +31,8 @@ from .experiments.variants import variants_help
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "embedded_default.yaml"
 COMMANDS = {
     "train": "train one model (InterTrain, or the baseline with --interpolation none)",
-    "compare": "train the baseline and InterTrain with the same seeds and settings; write comparison.json/.png",
+    "compare": "train the baseline, InterTrain and budget (the baseline given InterTrain's steps) with the same seeds and "
+    "settings; write comparison.json/.png and print the verdict",
     "bench-sampler": "time the tracker's end-of-epoch decision and the next epoch's plan on simulated losses",
     "bench-loader": "time the input path (plan, fetch, augment, normalise on the device) of --data_pipeline",
 }
@@ -41,12 +42,19 @@ COMMANDS = {
 class CompareArguments:
     """What `hf-intertrain compare` runs."""
 
-    variants: str = field(default="baseline,intertrain", metadata={"help": variants_help()})
+    variants: str = field(default="baseline,intertrain,budget", metadata={"help": variants_help()})
     seeds: str | None = field(
         default=None,
         metadata={
             "help": "Comma-separated seeds, e.g. 0,1,2: every variant runs with each (into output_dir/NAME/seed-S), "
             "and the table shows top-1 as mean ± std. Default: --seed only (into output_dir/NAME)."
+        },
+    )
+    reference_seeds: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated seeds (among --seeds) for the full-length references (baseline, baseline_cutmix, "
+            "baseline_mixup), the most expensive runs: e.g. --seeds 0,1,2 --reference_seeds 0. Default: every seed."
         },
     )
     epochs_sweep: str | None = field(
@@ -168,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             model_args, data_args, training_args, compare_args = parsed
             variants = parse_variants(compare_args.variants)
             seeds = parse_seeds(compare_args.seeds) if compare_args.seeds is not None else None
+            reference_seeds = (
+                parse_seeds(compare_args.reference_seeds) if compare_args.reference_seeds is not None else None
+            )
             if compare_args.epochs_sweep is not None:
                 lengths = parse_lengths(compare_args.epochs_sweep)
-                run_sweep(model_args, data_args, training_args, variants, lengths, seeds=seeds)
+                run_sweep(
+                    model_args, data_args, training_args, variants, lengths, seeds=seeds, reference_seeds=reference_seeds
+                )
             else:
-                run_comparison(model_args, data_args, training_args, variants, seeds=seeds)
+                run_comparison(model_args, data_args, training_args, variants, seeds=seeds, reference_seeds=reference_seeds)
     except (ValueError, OSError) as e:
         if os.environ.get("HF_INTERTRAIN_DEBUG"):
             raise

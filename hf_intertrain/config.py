@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, get_type_hints
 
 from transformers import TrainingArguments
 
@@ -27,11 +27,42 @@ from .method.mixing import check_mixing
 from .method.selection import check_selection
 
 
+RESUME = "resume"
+"""Role of a setting a resumed run must share with its checkpoint. Such a setting is also stored in checkpoints, shown
+in the model card's settings table, recorded per run by `compare` and part of a run's fingerprint."""
+MID_EPOCH = "mid_epoch"
+"""Role of a setting a resume must share only from a mid-epoch checkpoint (the rest of that epoch's batches depend on
+it); with `RESUME` it is stored with the settings, without it in the plan layout."""
+FINGERPRINT = "fingerprint"
+"""Role of a setting that decides a `compare` run's result besides the `RESUME` settings: a finished run is reused only
+by a run with the same fingerprint."""
+
+TRAINING_ARGUMENT_ROLES: dict[str, tuple[str, ...]] = {
+    "label_smoothing_factor": (RESUME,),
+    "seed": (FINGERPRINT, MID_EPOCH),
+    "data_seed": (MID_EPOCH,),
+    "num_train_epochs": (FINGERPRINT,),
+    "max_steps": (FINGERPRINT,),
+    "gradient_accumulation_steps": (FINGERPRINT, MID_EPOCH),
+    "dataloader_drop_last": (MID_EPOCH,),
+    "learning_rate": (FINGERPRINT,),
+    "lr_scheduler_type": (FINGERPRINT,),
+    "warmup_steps": (FINGERPRINT,),
+    "optim": (FINGERPRINT,),
+    "weight_decay": (FINGERPRINT,),
+}
+"""The roles of `TrainingArguments` fields that InterTrain does not redeclare; InterTrain's own fields carry their
+roles in their type (`Annotated`). `settings_with` reads both."""
+
+
 @dataclass
 class InterTrainArguments(TrainingArguments):
     """Configuration of an InterTrain run.
 
-    Every field is a documented command-line flag through `HfArgumentParser`. With `interpolation="none"` the
+    Every field is a documented command-line flag through `HfArgumentParser`, and is declared once: the roles in its
+    type (`Annotated[str, RESUME]`: `RESUME`, `MID_EPOCH`, `FINGERPRINT`) say what else must know it, and
+    `settings_with(role)` derives the lists the checkpoint, the model card and `compare` use (docs/architecture.md,
+    "Adding a setting"). With `interpolation="none"` the
     trainer is the plain `transformers.Trainer` baseline (same batches, same loss), so a comparison changes one
     flag only. The three techniques of the paper are switches so that its ablations (docs/method.md, "What the
     paper measures") are flags: `split_propagation`, `adaptive_interpolation`, `selective_interpolation`.
@@ -51,7 +82,7 @@ class InterTrainArguments(TrainingArguments):
     """
 
     # Parameters that control interpolation
-    interpolation: str = field(
+    interpolation: Annotated[str, RESUME] = field(
         default="randpatch",
         metadata={
             "help": "How pairs are combined into one input: 'randpatch' (a rectangle of one image pasted into the "
@@ -59,21 +90,21 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(INTERPOLATIONS),
         },
     )
-    split_propagation: bool = field(
+    split_propagation: Annotated[bool, RESUME] = field(
         default=True,
         metadata={
             "help": "RandPatch: pool and classify each constituent over its own cells of the final feature map "
             "(docs/method.md, 'Split propagation'). Off: both constituents use the logits of the whole input."
         },
     )
-    adaptive_interpolation: bool = field(
+    adaptive_interpolation: Annotated[bool, RESUME] = field(
         default=True,
         metadata={
             "help": "LinAvg: weight each pair by the constituents' previous losses, r = L_a / (L_a + L_b) "
             "(docs/method.md, 'Adaptive interpolation'). Off: r = patch_ratio."
         },
     )
-    selective_interpolation: bool = field(
+    selective_interpolation: Annotated[bool, RESUME] = field(
         default=True,
         metadata={
             "help": "Choose each epoch which samples to interpolate from the loss-based amenability metric "
@@ -81,14 +112,14 @@ class InterTrainArguments(TrainingArguments):
             "every epoch."
         },
     )
-    amenability_regions: str = field(
+    amenability_regions: Annotated[str, RESUME] = field(
         default="1,3",
         metadata={
             "help": "Loss regions that admit a sample to interpolation: '1,3' (the paper's method), '1' (Region 1 "
             "only) or '3' (Region 3 only); the ablations of the paper's Fig. 13b."
         },
     )
-    threshold_average: str = field(
+    threshold_average: Annotated[str, RESUME] = field(
         default="pooled",
         metadata={
             "help": "How L_corr and L_incorr average the losses of completed epochs (docs/method.md, 'Thresholds'): "
@@ -97,7 +128,7 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(THRESHOLD_AVERAGES),
         },
     )
-    region1_rule: str = field(
+    region1_rule: Annotated[str, RESUME] = field(
         default="l_mid",
         metadata={
             "help": "What puts a sample in Region 1 (docs/method.md, 'Ablations'; paper Table 3): 'l_mid' (loss below "
@@ -105,7 +136,7 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(REGION1_RULES),
         },
     )
-    region3_rule: str = field(
+    region3_rule: Annotated[str, RESUME] = field(
         default="increase",
         metadata={
             "help": "What admits a Region-3 sample: 'increase' (loss above L_incorr that increased, the method) or "
@@ -113,15 +144,15 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(REGION3_RULES),
         },
     )
-    region3_increases: int = field(
+    region3_increases: Annotated[int, RESUME] = field(
         default=1,
         metadata={"help": "Region 3 needs this many consecutive increases of the non-interpolated loss (k; paper Fig. 8b)."},
     )
-    region3_epochs: int = field(
+    region3_epochs: Annotated[int, RESUME] = field(
         default=1,
         metadata={"help": "Epochs a Region-3 sample stays interpolated (or skipped) once admitted (paper Sec. 7.8)."},
     )
-    composite_loss_weight: float = field(
+    composite_loss_weight: Annotated[float, RESUME] = field(
         default=1.0,
         metadata={
             "help": "Factor on the loss of an item with several constituents (a pair or a 4-way composite) against a "
@@ -129,7 +160,7 @@ class InterTrainArguments(TrainingArguments):
             "share; 2: each constituent of a pair weighs as much as a single sample."
         },
     )
-    interpolation_off_fraction: float = field(
+    interpolation_off_fraction: Annotated[float, RESUME] = field(
         default=0.0,
         metadata={
             "help": "The final fraction of the epochs trains without interpolation: every sample a single, on clean "
@@ -137,7 +168,7 @@ class InterTrainArguments(TrainingArguments):
             "the paper; 0.125 frees the last 2 of 18 epochs. Runs without interpolation ignore it."
         },
     )
-    amenable_action: str = field(
+    amenable_action: Annotated[str, RESUME] = field(
         default="interpolate",
         metadata={
             "help": "What happens to the samples selective interpolation picks: 'interpolate' (InterTrain), 'skip' "
@@ -147,7 +178,7 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(AMENABLE_ACTIONS),
         },
     )
-    four_way: str = field(
+    four_way: Annotated[str, RESUME] = field(
         default="none",
         metadata={
             "help": "4-way composites for the most robust interpolated samples (docs/method.md, 'Four-way composites'): 'randpatch4' (the feature "
@@ -157,7 +188,7 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(FOUR_WAY_COMPOSITES),
         },
     )
-    four_way_selection: str = field(
+    four_way_selection: Annotated[str, RESUME] = field(
         default="robust",
         metadata={
             "help": "Which interpolated samples four_way groups by four: 'robust' (interpolated for Region 1 and "
@@ -166,7 +197,7 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(FOUR_WAY_SELECTIONS),
         },
     )
-    patch_ratio: float = field(
+    patch_ratio: Annotated[float, RESUME] = field(
         default=0.5,
         metadata={
             "help": "Target share r of constituent a: the RandPatch rectangle's area fraction, and the LinAvg "
@@ -175,7 +206,7 @@ class InterTrainArguments(TrainingArguments):
     )
 
     # Mixup and CutMix through timm, on the samples trained as singles
-    mixup_alpha: float = field(
+    mixup_alpha: Annotated[float, RESUME] = field(
         default=0.0,
         metadata={
             "help": "Mixup: Beta(alpha, alpha) of timm's Mixup on the batch's singles (every sample of a run without "
@@ -183,21 +214,21 @@ class InterTrainArguments(TrainingArguments):
             "setting is 1.0. Label smoothing comes from --label_smoothing_factor (docs/method.md, 'Mixup and CutMix')."
         },
     )
-    cutmix_alpha: float = field(
+    cutmix_alpha: Annotated[float, RESUME] = field(
         default=0.0,
         metadata={
             "help": "CutMix: Beta(alpha, alpha) of timm's CutMix on the batch's singles. 0 (default) is off; the CutMix "
             "paper's CIFAR setting is 1.0 with --mixup_prob 0.5."
         },
     )
-    mixup_prob: float = field(
+    mixup_prob: Annotated[float, RESUME] = field(
         default=1.0,
         metadata={"help": "Probability of mixing a batch (or a pair or row, by --mixup_mode) when Mixup or CutMix is on."},
     )
-    mixup_switch_prob: float = field(
+    mixup_switch_prob: Annotated[float, RESUME] = field(
         default=0.5, metadata={"help": "With both Mixup and CutMix on: probability of CutMix instead of Mixup."}
     )
-    mixup_mode: str = field(
+    mixup_mode: Annotated[str, RESUME] = field(
         default="batch",
         metadata={
             "help": "How timm draws the mixing: 'batch' (one draw per batch), 'pair' (per pair of rows) or 'elem' (per row).",
@@ -206,7 +237,7 @@ class InterTrainArguments(TrainingArguments):
     )
 
     # Peer methods: training on part of the data each epoch, without interpolation
-    data_selection: str = field(
+    data_selection: Annotated[str, RESUME] = field(
         default="none",
         metadata={
             "help": "Without interpolation, which samples each epoch trains (docs/method.md, 'Peer methods and "
@@ -216,24 +247,24 @@ class InterTrainArguments(TrainingArguments):
             "choices": list(DATA_SELECTIONS),
         },
     )
-    random_subset_sizes: str | None = field(
+    random_subset_sizes: Annotated[str | None, RESUME] = field(
         default=None,
         metadata={"help": "random_subset: samples per epoch, comma-separated, one per epoch (e.g. '5000,5000,3600')."},
     )
-    infobatch_prune_probability: float = field(
+    infobatch_prune_probability: Annotated[float, RESUME] = field(
         default=0.5,
         metadata={
             "help": "infobatch: probability of leaving out a sample whose last loss is below the mean; the kept ones "
             "have their loss scaled by 1 / (1 - p)."
         },
     )
-    infobatch_full_data_fraction: float = field(
+    infobatch_full_data_fraction: Annotated[float, RESUME] = field(
         default=0.125,
         metadata={"help": "infobatch: the final fraction of the epochs trains on every sample (InfoBatch's annealing)."},
     )
 
     # Input pipeline
-    data_pipeline: str = field(
+    data_pipeline: Annotated[str, RESUME, MID_EPOCH] = field(
         default="auto",
         metadata={
             "help": "Where training and eval images are decoded and augmented: 'workers' (per image in the DataLoader "
@@ -250,7 +281,7 @@ class InterTrainArguments(TrainingArguments):
     output_dir: str | None = field(
         default="intertrain_output", metadata={"help": "Where checkpoints, the final model and reports are written."}
     )
-    per_device_train_batch_size: int = field(
+    per_device_train_batch_size: Annotated[int, FINGERPRINT, MID_EPOCH] = field(
         default=64, metadata={"help": "Batch size per device: items (pairs or singles) per mini-batch."}
     )
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Batch size per device for evaluation."})
@@ -375,6 +406,15 @@ class InterTrainArguments(TrainingArguments):
     def interpolates(self) -> bool:
         """Whether this run interpolates at all (False for the baseline)."""
         return self.interpolation != "none"
+
+
+def settings_with(role: str) -> tuple[str, ...]:
+    """The `InterTrainArguments` fields with `role`, in declaration order: InterTrain's own fields, whose type says
+    their roles (`Annotated[float, RESUME]`, which `HfArgumentParser` reads as plain `float`), then the
+    `TrainingArguments` fields of `TRAINING_ARGUMENT_ROLES`."""
+    hints = get_type_hints(InterTrainArguments, include_extras=True)
+    own = tuple(f.name for f in fields(InterTrainArguments) if role in getattr(hints[f.name], "__metadata__", ()))
+    return own + tuple(name for name, roles in TRAINING_ARGUMENT_ROLES.items() if role in roles and name not in own)
 
 
 @dataclass

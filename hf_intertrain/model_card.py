@@ -169,7 +169,10 @@ def card_facts(
         "train_runtime": float(runtime[-1]) if runtime else None,
         "num_processes": int(args.world_size),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "intertrain_settings": {name: getattr(args, name) for name in RESUME_SETTINGS},  # as passed, e.g. "1,3"
+        # As passed (e.g. "1,3"), with the input path the trainer took.
+        "intertrain_settings": {
+            **{name: getattr(args, name) for name in RESUME_SETTINGS}, "data_pipeline": trainer.data_pipeline
+        },
         "hyperparameters": {
             "learning_rate": args.learning_rate,
             "optim": str(getattr(args.optim, "value", args.optim)),
@@ -323,6 +326,25 @@ def write_model_card(
             json.dump(facts, f, indent=2)
             f.write("\n")
     return card_path
+
+
+def comparison_facts(comparison: dict[str, Any], variant: str) -> dict[str, Any] | None:
+    """What a `compare` run measured of `variant` (means over its seeds): its speed-up and top-1 change against the
+    comparison's reference (the full baseline, or the slowest run when there was none) and the comparison's plain
+    verdict line when it is this variant's; None when the reference gave no speed-up."""
+    run, reference = comparison["runs"][variant], comparison["runs"][comparison.get("reference", "baseline")]
+    if run.get("speedup") is None or run.get("accuracy_delta") is None:
+        return None
+    verdict = comparison.get("plain_verdict")
+    return {
+        "speedup": run["speedup"],
+        "accuracy_delta": run["accuracy_delta"],
+        "baseline_top1": reference["eval_accuracy"],
+        "baseline_train_seconds": reference["train_seconds"],
+        "reference": comparison.get("reference", "baseline"),
+        "seeds": list(run.get("seeds", {})),
+        "verdict_line": verdict if verdict and verdict.startswith(f"{variant}:") else None,
+    }
 
 
 def load_facts(output_dir: str | os.PathLike) -> dict[str, Any]:

@@ -146,7 +146,7 @@ class InterTrainTrainer(Trainer):
         train_dataset = as_item_dataset(train_dataset)
         if len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: InterTrain needs at least one training sample")
-        args.data_pipeline = dataset_pipeline(args.data_pipeline, train_dataset)
+        self.data_pipeline = dataset_pipeline(args.data_pipeline, train_dataset)
         if isinstance(train_dataset, DeviceImageDataset):
             image_size = self._intertrain_image_size = (train_dataset.image_size, train_dataset.image_size)
         else:
@@ -417,7 +417,7 @@ class InterTrainTrainer(Trainer):
         non-finite loss count (default: this process's) and the epoch plan's inputs into `output_dir`."""
         at_boundary = self._at_epoch_boundary()
         meta = {
-            "settings": intertrain_settings(self.args, len(self.train_dataset)),
+            "settings": intertrain_settings(self.args, len(self.train_dataset), data_pipeline=self.data_pipeline),
             "plan_layout": plan_layout(self.args, self.accelerator.num_processes),
             "mid_epoch": not at_boundary,
             "epoch_update_steps": self._epoch_update_steps,
@@ -430,7 +430,7 @@ class InterTrainTrainer(Trainer):
     def load_intertrain_state(self, checkpoint_dir: str) -> None:
         """Restore the tracker, epoch lengths and history; raises a ValueError for a checkpoint this run cannot
         continue (see `checkpoint.load_state`)."""
-        settings = intertrain_settings(self.args, len(self.train_dataset))
+        settings = intertrain_settings(self.args, len(self.train_dataset), data_pipeline=self.data_pipeline)
         state, meta = load_state(checkpoint_dir, settings, plan_layout(self.args, self.accelerator.num_processes))
         self.recorder.restore(state, int(meta["nonfinite_losses"]), self.accelerator)
         self._epoch_update_steps = list(meta["epoch_update_steps"])

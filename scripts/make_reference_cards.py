@@ -20,22 +20,9 @@ import sys
 from pathlib import Path
 
 from hf_intertrain.experiments.compare import COMPARISON_JSON
-from hf_intertrain.model_card import load_facts, write_model_card
+from hf_intertrain.model_card import comparison_facts, load_facts, write_model_card
 
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
-
-
-def comparison_facts(comparison: dict, variant: str) -> dict | None:
-    """The measured speed-up and accuracy change of `variant` against the baseline of one comparison."""
-    run, baseline = comparison["runs"][variant], comparison["runs"]["baseline"]
-    if run.get("speedup") is None or run.get("accuracy_delta") is None:
-        return None
-    return {
-        "speedup": run["speedup"],
-        "accuracy_delta": run["accuracy_delta"],
-        "baseline_top1": baseline["eval_accuracy"],
-        "baseline_train_seconds": baseline["train_seconds"],
-    }
 
 
 def render(run_dir: Path, name: str, dest: Path, note: str | None, repo_id: str | None, comparison: dict | None) -> Path:
@@ -59,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     comparison_path = args.output_dir / COMPARISON_JSON
     if comparison_path.is_file():
         comparison = json.loads(comparison_path.read_text())
-        variants = [name for name in comparison["runs"] if name != "baseline"]
+        variants = [name for name in comparison["runs"] if name != comparison.get("reference", "baseline")]
         for variant in variants:
             path = render(
                 args.output_dir / variant,

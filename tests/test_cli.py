@@ -313,7 +313,7 @@ def test_unknown_model_name(capfd, tmp_path, tiny_dataset):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_compare_end_to_end_writes_json_png_and_prints_the_table(capfd, tmp_path, tiny_dataset):
+def test_compare_end_to_end_writes_json_png_and_prints_the_table_and_the_verdict(capfd, tmp_path, tiny_dataset):
     output_dir = tmp_path / "out"
     argv = ["compare", "--dataset_name", str(tiny_dataset), *TINY_MODEL, "--num_train_epochs", "3"]
     argv += ["--per_device_train_batch_size", "16", "--output_dir", str(output_dir), *QUIET]
@@ -321,29 +321,35 @@ def test_compare_end_to_end_writes_json_png_and_prints_the_table(capfd, tmp_path
     assert code == 0, err
 
     comparison = json.loads((output_dir / "comparison.json").read_text())
-    assert comparison["variants"] == ["baseline", "intertrain"]
+    assert comparison["variants"] == ["baseline", "intertrain", "budget"]  # the main job judges against budget
     assert comparison["model_kwargs"] == {"output_stride": 16}
     assert "compare: data_pipeline auto -> device, for every run" in out  # small images: the cache fits
-    assert [run["settings"]["data_pipeline"] for run in comparison["runs"].values()] == ["device", "device"]
+    assert [run["settings"]["data_pipeline"] for run in comparison["runs"].values()] == ["device"] * 3
     for name, run in comparison["runs"].items():
         assert run["train_seconds"] > 0
         assert 0.0 <= run["eval_accuracy"] <= 1.0
         assert run["speedup"] > 0 and run["ideal_speedup"] > 0
         assert [row["epoch"] for row in run["epochs"]] == [0, 1, 2]
-        for row in run["epochs"]:
+        for row in run["epochs"] if name != "budget" else ():
             assert row["items"] + row["pairs"] == 64  # every sample once, as a single or in a pair
             assert row["region_1"] + row["region_2"] + row["region_3"] in (0, 64)
             assert row["eval_top1"] is not None and row["cumulative_train_seconds"] > 0
     baseline, intertrain = comparison["runs"]["baseline"], comparison["runs"]["intertrain"]
     assert baseline["items_trained"] == 3 * 64 and baseline["ideal_speedup"] == 1.0
     assert intertrain["ideal_speedup"] == pytest.approx(3 * 64 / intertrain["items_trained"])
-    assert comparison["speedup"] == intertrain["speedup"]
+    assert comparison["runs"]["budget"]["optimizer_steps"] == intertrain["optimizer_steps"]
     # Epochs 0 and 1 never interpolate (docs/method.md), whatever the losses.
     assert [row["pairs"] for row in intertrain["epochs"][:2]] == [0, 0]
 
     png = (output_dir / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     started = 'hf-intertrain: model test_resnet, model_kwargs {"output_stride": 16}, image size 32, final feature grid 2x2'
-    assert out.splitlines().count(started) == 2  # once per run, before its training
-    table = [line for line in out.splitlines() if line.startswith(("baseline ", "intertrain "))]
-    assert len(table) == 2 and "speed-up" in out
+    assert out.splitlines().count(started) == 3  # once per run, before its training
+    table = [line for line in out.splitlines() if line.startswith(("baseline ", "intertrain ", "budget ")) and " vs " not in line]
+    assert len(table) == 3 and "speed-up" in out
+    verdict = comparison["plain_verdict"]
+    assert verdict.startswith("intertrain: ") and "faster than the full baseline" in verdict
+    assert "accurate than training as many steps without it (budget, 95% interval" in verdict
+    assert verdict in out.splitlines()
+    card = (output_dir / "intertrain" / "README.md").read_text()
+    assert f"| Against training as many steps without InterTrain | {verdict} |" in card

@@ -2,9 +2,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dataclasses
 import json
 import math
 import statistics
+
+import numpy as np
 
 import pytest
 
@@ -24,6 +27,7 @@ from hf_intertrain.experiments.compare import (
 )
 from hf_intertrain.config import DataArguments, InterTrainArguments, ModelArguments
 from hf_intertrain.experiments.run import RUN_REPORT_NAME, RunReport
+from hf_intertrain.experiments.significance import pack_correct
 from test_cli import assert_one_line_error, write_image_dataset
 
 N = 100
@@ -81,9 +85,12 @@ FAKE_REPORTS = {
 # ----------------------------------------------------------------------------------------------
 
 
-def test_parse_variants_runs_the_baseline_first_once():
+def test_parse_variants_runs_the_references_first_once_and_needs_no_baseline():
     assert parse_variants("skip, intertrain,baseline,skip") == ["baseline", "skip", "intertrain"]
-    assert parse_variants("naive") == ["baseline", "naive"]
+    assert parse_variants("naive,baseline_cutmix") == ["baseline_cutmix", "naive"]
+    assert parse_variants("naive") == ["naive"]
+    with pytest.raises(ValueError, match="--variants is empty"):
+        parse_variants(" , ")
 
 
 def test_unknown_variant_is_refused_with_the_choices():
@@ -157,7 +164,7 @@ def test_table_has_one_row_per_run_and_marks_skipping(tmp_path):
     comparison = summarize(FAKE_REPORTS, ModelArguments(), DataArguments(), training_args(tmp_path), {"skip": {"amenable_action": "skip"}})
     lines = format_table(comparison).splitlines()
     assert lines[0].split()[:2] == ["run", "train"]
-    rows = {line.split()[0]: line for line in lines[2:]}
+    rows = {line.split()[0]: line for line in lines[2 : lines.index("")]}
     assert set(rows) == {"baseline", "intertrain", "skip"}
     assert "1.21x" in rows["intertrain"] and "1.25x" in rows["intertrain"]
     assert rows["skip"].endswith("(skipped)")
@@ -237,7 +244,8 @@ class FakeTrain:
         seconds = 0.5 * steps + (0.25 if interpolating else 0.0)
         top1 = 0.6 + 0.01 * epochs + 0.003 * (args.seed % 3) ** 2 + (0.02 if interpolating else 0.0) + 0.001 * steps
         rows = [(n, N - n if interpolating else 0, seconds / len(items)) for n in items]
-        result = report(rows, top1, steps)
+        correct = np.random.default_rng([args.seed, steps, int(interpolating)]).random(400) < top1
+        result = with_correct(report(rows, float(correct.mean()), steps), correct)
         result.interpolation, result.seed, result.output_dir = args.interpolation, args.seed, args.output_dir
         return result
 
@@ -252,7 +260,7 @@ class FakeTrain:
 
 def test_budget_matches_the_steps_of_the_first_interpolating_run_seed_by_seed(tmp_path, no_plots):
     fake = FakeTrain()
-    variants = parse_variants("budget,randpatch,linavg")
+    variants = parse_variants("baseline,budget,randpatch,linavg")
     assert variants == ["baseline", "randpatch", "budget", "linavg"]
     comparison = run_comparison(
         ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, fake, seeds=[0, 1]
@@ -293,10 +301,10 @@ def test_regularized_peers_match_the_steps_and_carry_the_papers_cifar_mixing(tmp
 
 
 def test_budget_and_random_subset_move_after_the_run_they_match():
-    assert parse_variants("budget,random_subset,infobatch,intertrain,skip") == [
+    assert parse_variants("baseline,budget,random_subset,infobatch,intertrain,skip") == [
         "baseline", "infobatch", "intertrain", "budget", "random_subset", "skip"
     ]
-    assert parse_variants("intertrain,skip,budget") == ["baseline", "intertrain", "skip", "budget"]
+    assert parse_variants("intertrain,skip,budget") == ["intertrain", "skip", "budget"]
 
 
 @pytest.mark.parametrize("spec", ["baseline,budget", "infobatch,random_subset"])
@@ -314,7 +322,7 @@ def test_cli_refuses_budget_alone_before_training(capfd, tmp_path):
 
 def test_random_subset_trains_the_matched_runs_items_and_infobatch_its_defaults(tmp_path, no_plots):
     fake = FakeTrain()
-    variants = parse_variants("random_subset,infobatch,intertrain")
+    variants = parse_variants("baseline,random_subset,infobatch,intertrain")
     run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=4), variants, fake)
     calls = {os.path.basename(args.output_dir): args for args in fake.calls}
     assert list(calls) == ["baseline", "infobatch", "intertrain", "random_subset"]
@@ -384,31 +392,76 @@ def test_one_seed_keeps_the_layout_and_the_keys_with_std_zero(tmp_path, no_plots
     assert "verdict" not in comparison and "±" not in format_table(comparison)
 
 
-def test_verdict_wins_only_with_better_top1_within_five_percent_of_the_budgets_time(tmp_path):
+def with_correct(result: RunReport, correct) -> RunReport:
+    return dataclasses.replace(result, num_eval_samples=len(correct), eval_correct=pack_correct(np.asarray(correct)))
+
+
+PEER_CORRECT = np.arange(2000) < 1400  # the budget run: 70.0% of 2,000 evaluation images
+
+
+def right_on(correct, images):
+    """`correct` with `images` (a slice) classified right."""
+    correct = correct.copy()
+    correct[images] = True
+    return correct
+
+
+def test_verdict_needs_the_whole_interval_above_zero_and_at_most_five_percent_more_time(tmp_path):
+    better = right_on(PEER_CORRECT, slice(1400, 1420))  # 20 more images right: +1.0 point, beyond noise
+    worse = PEER_CORRECT & (np.arange(2000) >= 16)  # 16 fewer: -0.8 points
+    close = right_on(PEER_CORRECT, slice(1400, 1402)) & (np.arange(2000) >= 2)  # 2 flipped each way: within noise
     reports = {
         "baseline": report([(100, 0, 10.0), (100, 0, 10.0)], 0.80, 14),
-        "exact": report([(100, 0, 10.0), (60, 40, 11.0)], 0.81, 11),  # 21 / 20 s = 1.05x: wins
-        "slower": report([(100, 0, 10.0), (60, 40, 11.02)], 0.81, 11),  # 1.051x: loses
-        "worse": report([(100, 0, 10.0), (60, 40, 5.0)], 0.792, 11),  # faster but less accurate: loses
-        "budget": report([(100, 0, 10.0), (100, 0, 10.0)], 0.80, 11),
+        "exact": with_correct(report([(100, 0, 10.0), (60, 40, 11.0)], better.mean(), 11), better),  # 1.05x
+        "slower": with_correct(report([(100, 0, 10.0), (60, 40, 11.02)], better.mean(), 11), better),  # 1.051x
+        "worse": with_correct(report([(100, 0, 10.0), (60, 40, 5.0)], worse.mean(), 11), worse),
+        "close": with_correct(report([(100, 0, 10.0), (60, 40, 5.0)], close.mean(), 11), close),
+        "unjudged": report([(100, 0, 10.0), (60, 40, 5.0)], 0.75, 11),
+        "budget": with_correct(report([(100, 0, 10.0), (100, 0, 10.0)], 0.70, 11), PEER_CORRECT),
     }
     comparison = summarize(reports, ModelArguments(), DataArguments(), training_args(tmp_path))
     verdict = comparison["verdict"]
-    assert set(verdict) == {"exact", "slower", "worse"}
-    assert verdict["exact"] == {"vs": "budget", "accuracy_delta": pytest.approx(0.01), "seconds_ratio": 1.05, "wins": True}
-    assert verdict["slower"]["wins"] is False and verdict["slower"]["seconds_ratio"] == pytest.approx(1.051)
-    assert verdict["worse"]["wins"] is False and verdict["worse"]["accuracy_delta"] == pytest.approx(-0.008)
+    assert set(verdict) == {"exact", "slower", "worse", "close", "unjudged"}
+    exact = verdict["exact"]
+    assert (exact["vs"], exact["outcome"], exact["wins"], exact["seconds_ratio"]) == ("budget", "wins", True, 1.05)
+    assert exact["accuracy_delta"] == pytest.approx(0.01) and 0 < exact["interval"][0] < 0.01 < exact["interval"][1]
+    assert (verdict["slower"]["outcome"], verdict["slower"]["wins"]) == ("slower", False)
+    assert verdict["slower"]["seconds_ratio"] == pytest.approx(1.051)
+    assert verdict["worse"]["outcome"] == "loses" and verdict["worse"]["accuracy_delta"] == pytest.approx(-0.008)
+    assert verdict["close"]["outcome"] == "within noise" and verdict["close"]["interval"][0] < 0 < verdict["close"]["interval"][1]
+    assert verdict["unjudged"]["outcome"] == "not judged" and verdict["unjudged"]["interval"] is None
+    assert verdict["unjudged"]["accuracy_delta"] == pytest.approx(0.05)  # from the top-1 numbers
     lines = format_table(comparison).splitlines()
-    assert "exact vs budget: +1.0 points at 1.05x the time -> wins" in lines
-    assert "worse vs budget: -0.8 points at 0.75x the time -> loses" in lines
+    assert any(line.startswith("exact vs budget: +1.0 [+") and line.endswith("points at 1.05x the time -> wins") for line in lines)
+    assert any(line.startswith("worse vs budget: -0.8 [") and line.endswith("at 0.75x the time -> loses") for line in lines)
     assert "steps" in lines[0] and any(line.startswith("budget ") and " 11 " in line for line in lines)
+
+
+def test_every_challenger_is_judged_against_every_peer_and_named_against_the_strongest(tmp_path):
+    stronger = right_on(PEER_CORRECT, slice(1400, 1440))  # the CutMix peer: +2 points over budget
+    mine = right_on(PEER_CORRECT, slice(1400, 1420))  # +1 over budget, -1 under budget_cutmix
+    reports = {
+        "randpatch": with_correct(report([(100, 0, 10.0), (60, 40, 6.0)], mine.mean(), 11), mine),
+        "budget": with_correct(report([(100, 0, 10.0), (100, 0, 6.0)], 0.70, 11), PEER_CORRECT),
+        "budget_cutmix": with_correct(report([(100, 0, 10.0), (100, 0, 6.0)], stronger.mean(), 11), stronger),
+    }
+    comparison = summarize(reports, ModelArguments(), DataArguments(), training_args(tmp_path))
+    entry = comparison["verdict"]["randpatch"]
+    assert entry["vs"] == "budget_cutmix" and entry["outcome"] == "loses" and not entry["wins"]
+    assert entry["peers"]["budget"]["outcome"] == "wins" and entry["peers"]["budget_cutmix"]["outcome"] == "loses"
+    assert comparison["reference"] == "randpatch" and "no full baseline" in comparison["reference_note"]
+    assert comparison["plain_verdict"].startswith(
+        "randpatch: 1.00x faster than the slowest run here (randpatch), 1.0 points less accurate than training as "
+        "many steps with CutMix instead (budget_cutmix, 95% interval"
+    )
+    assert comparison["plain_verdict"].endswith("beyond noise: it loses)")
 
 
 def test_comparison_plot_draws_each_seed(tmp_path):
     fake = FakeTrain()
     comparison = run_comparison(
         ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3),
-        parse_variants("intertrain,budget"), fake, seeds=[0, 1],
+        parse_variants("baseline,intertrain,budget"), fake, seeds=[0, 1],
     )
     assert set(comparison["runs"]) == {"baseline", "intertrain", "budget"}
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
@@ -435,7 +488,7 @@ def test_parse_seeds():
 
 def sweep(tmp_path, fake, lengths=(2, 3), **overrides):
     return run_sweep(
-        ModelArguments(), DataArguments(), training_args(tmp_path, **overrides), parse_variants("intertrain,budget"),
+        ModelArguments(), DataArguments(), training_args(tmp_path, **overrides), parse_variants("baseline,intertrain,budget"),
         list(lengths), fake, seeds=[0, 1],
     )
 
@@ -644,3 +697,53 @@ def test_budget_end_to_end_trains_the_matched_steps_with_its_schedule_fitted(tmp
     # Linear decay fitted to `steps`: the rate of step k is lr * (1 - k / steps), zero right after the last step.
     assert rates == pytest.approx([0.05 * (1 - k / steps) for k in range(steps)])
     assert comparison["verdict"]["randpatch"]["vs"] == "budget"
+
+
+def test_reference_seeds_run_the_full_baseline_once_and_the_others_read_against_its_means(tmp_path, no_plots):
+    fake = FakeTrain()
+    comparison = run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3),
+        parse_variants("baseline,randpatch,budget"), fake, seeds=[0, 1], reference_seeds=[0],
+    )
+    assert fake.runs(tmp_path) == ["baseline/seed-0", "randpatch/seed-0", "budget/seed-0", "randpatch/seed-1", "budget/seed-1"]
+    runs = comparison["runs"]
+    assert list(runs["baseline"]["seeds"]) == ["0"] and list(runs["randpatch"]["seeds"]) == ["0", "1"]
+    baseline_seconds = runs["baseline"]["train_seconds"]
+    assert runs["randpatch"]["seeds"]["1"]["speedup"] == pytest.approx(
+        baseline_seconds / runs["randpatch"]["seeds"]["1"]["train_seconds"]
+    )
+    assert comparison["verdict"]["randpatch"]["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match=r"--reference_seeds \[2\] must be among --seeds \[0, 1\]"):
+        run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline"], fake, seeds=[0, 1], reference_seeds=[2])
+
+
+def test_a_reused_run_without_per_image_results_is_evaluated_once_from_its_saved_model(tmp_path, no_plots):
+    variants = parse_variants("randpatch,budget")
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, FakeTrain())
+    path = tmp_path / "randpatch" / RUN_REPORT_NAME
+    saved = json.loads(path.read_text())
+    expected = RunReport.from_dict(saved).correct()
+    saved["eval_correct"] = saved["num_eval_samples"] = None  # as runs made before they were recorded
+    path.write_text(json.dumps(saved))
+    evaluated = []
+
+    def evaluate(model_args, data_args, args):
+        evaluated.append(os.path.relpath(args.output_dir, tmp_path))
+        return expected
+
+    again = run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, FakeTrain(), evaluate=evaluate
+    )
+    assert evaluated == ["randpatch"] and again["verdict"]["randpatch"]["interval"] is not None
+    np.testing.assert_array_equal(RunReport.from_dict(json.loads(path.read_text())).correct(), expected)
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, FakeTrain(), evaluate=evaluate)
+    assert evaluated == ["randpatch"]  # written back: not evaluated again
+
+    saved = json.loads(path.read_text())
+    saved["eval_correct"] = None
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="scores top-1 .* but its run recorded .*: the folder was changed after the run"):
+        run_comparison(
+            ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, FakeTrain(),
+            evaluate=lambda *a: ~expected,
+        )

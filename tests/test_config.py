@@ -34,3 +34,30 @@ def test_bad_peer_settings_fail_with_one_line(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match) as error:
         arguments(tmp_path, **overrides)
     assert "\n" not in str(error.value)
+
+
+def test_every_setting_is_declared_once_and_its_roles_derive_the_lists_that_need_it():
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser
+
+    from hf_intertrain.checkpoint import MID_EPOCH_SETTINGS, PLAN_LAYOUT, RESUME_SETTINGS
+    from hf_intertrain.config import FINGERPRINT, RESUME, TRAINING_ARGUMENT_ROLES, settings_with
+    from hf_intertrain.experiments.compare import FINGERPRINT_ARGUMENTS
+
+    own = [f.name for f in fields(InterTrainArguments) if f.name in InterTrainArguments.__annotations__]
+    assert RESUME_SETTINGS == settings_with(RESUME)
+    assert {"mixup_alpha", "cutmix_alpha", "data_pipeline", "label_smoothing_factor"} <= set(RESUME_SETTINGS)
+    assert set(RESUME_SETTINGS) - {"label_smoothing_factor"} <= set(own)
+    assert MID_EPOCH_SETTINGS == ("data_pipeline",)
+    assert PLAN_LAYOUT == ("per_device_train_batch_size", "seed", "data_seed", "gradient_accumulation_steps", "dataloader_drop_last")
+    assert set(FINGERPRINT_ARGUMENTS) == set(RESUME_SETTINGS) | set(settings_with(FINGERPRINT))
+    assert {"seed", "max_steps", "learning_rate", "per_device_train_batch_size"} <= set(settings_with(FINGERPRINT))
+    assert not set(TRAINING_ARGUMENT_ROLES) & set(InterTrainArguments.__annotations__)  # one declaration each
+    # The roles live in the type: HfArgumentParser still sees plain types and choices.
+    (args,) = HfArgumentParser(InterTrainArguments).parse_args_into_dataclasses(
+        ["--output_dir", "x", "--mixup_alpha", "0.4", "--split_propagation", "false", "--data_pipeline", "workers"]
+    )
+    assert (args.mixup_alpha, args.split_propagation, args.data_pipeline) == (0.4, False, "workers")
+    with pytest.raises(SystemExit):
+        HfArgumentParser(InterTrainArguments).parse_args_into_dataclasses(["--output_dir", "x", "--mixup_mode", "row"])

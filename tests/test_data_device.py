@@ -198,7 +198,7 @@ def test_eval_pixels_are_the_workers_eval_transforms(tmp_path, datasets_cache_in
 
     data = load_image_classification_data(str(write_dataset(tmp_path / "data", {"train": 6, "test": 3})))
 
-    train, evaluation = build_split_datasets(data, FLAT_CONFIG, 32, "auto")
+    train, evaluation = build_split_datasets(data, FLAT_CONFIG, 32, choose_data_pipeline("auto", data))
 
     assert isinstance(train, DeviceImageDataset) and isinstance(evaluation, DeviceImageDataset)
     assert (train.cached, evaluation.cached, evaluation.split_name, len(evaluation)) == (True, True, "test", 3)

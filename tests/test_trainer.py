@@ -356,7 +356,7 @@ def test_device_pipeline_trains_and_evaluates_with_the_plan_of_the_workers_run(t
             compute_metrics=build_compute_metrics(),
         )
         trainer.train()
-        assert trainer.args.data_pipeline == pipeline  # "auto" resolved from the train dataset
+        assert trainer.data_pipeline == pipeline and trainer.args.data_pipeline == "auto"  # read from the dataset
         plans[pipeline] = [(row["intertrain/items"], row["intertrain/pairs"]) for row in trainer.intertrain_history]
         losses[pipeline] = _train_losses(trainer) + [e["eval_loss"] for e in trainer.state.log_history if "eval_top1" in e]
         flos[pipeline] = trainer.state.total_flos
@@ -408,3 +408,14 @@ def test_a_data_pipeline_that_contradicts_the_train_dataset_is_refused(tmp_path,
         InterTrainTrainer(model=model, args=_args(tmp_path, data_pipeline="workers"), train_dataset=train)
     with pytest.raises(ValueError, match="data_pipeline='gpu' is not supported"):
         _args(tmp_path, data_pipeline="gpu")
+
+
+def test_the_trainer_reads_its_input_path_from_the_dataset_and_never_rewrites_the_callers_arguments(tmp_path):
+    train, _ = _device_datasets(tmp_path / "cache", training=False)
+    args = _args(tmp_path, data_pipeline="auto", num_train_epochs=1)
+    trainer = InterTrainTrainer(model=make_model(output_stride=16), args=args, train_dataset=train)
+    assert trainer.data_pipeline == "device" and args.data_pipeline == "auto"
+    trainer.save_intertrain_state(str(tmp_path / "state"))
+    from hf_intertrain.checkpoint import saved_setting
+
+    assert saved_setting(tmp_path / "state", "data_pipeline") == "device"  # checkpoints store the resolved path

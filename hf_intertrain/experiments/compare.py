@@ -1,72 +1,37 @@
-"""Side-by-side runs: the baseline, InterTrain, its ablations, a budget-matched baseline and peer methods, with
-the same hyper-parameters and several seeds.
+"""Side-by-side runs: the baseline, InterTrain, its ablations, budget-matched peers and peer methods, with the same
+hyper-parameters and several seeds (docs/compare.md).
 
 `run_comparison` trains each variant for each seed (a fresh model per run), then writes `comparison.json`,
-`comparison.png` and prints a summary table. What the paper measures (docs/method.md, "What the paper measures"):
-top-1, wall-clock speed-up against the baseline, the fraction of samples interpolated per epoch, the counts per
-loss region per epoch, and accuracy against training time.
+`comparison.png`, prints a summary table and the verdict in one plain line, and puts that line in each challenger's
+model card. What the paper measures (docs/method.md, "What the paper measures"): top-1, wall-clock speed-up, the
+fraction of samples interpolated per epoch, the counts per loss region per epoch, and accuracy against training time.
 
-- `speedup` = baseline training seconds / variant training seconds, evaluation excluded (the paper's speed-up).
-- `ideal_speedup` = baseline items / variant items, from the items actually trained: what the variant would
-  reach if an item cost the same in both runs and nothing else took time. `speedup_efficiency` = speedup / ideal
-  shows the overheads left (data loading of two images per pair, split heads, bookkeeping).
+- `speedup` = the reference's training seconds / the run's, evaluation excluded (the paper's speed-up). The
+  reference is the full `baseline` when it ran; it is optional (the most expensive run), and without it speed-ups
+  are read against the slowest run given, which comparison.json and the table say.
+- `ideal_speedup` = reference items / run items, from the items actually trained: what the run would reach if an
+  item cost the same in both runs and nothing else took time. `speedup_efficiency` = speedup / ideal.
 
-Variants (`VARIANTS`; each sets `InterTrainArguments` fields on top of the run's configuration):
+Variants: the table of `variants.py` (each sets `InterTrainArguments` fields on top of the run's configuration, and
+has a role: reference, peer or challenger). The full-length references run first (only with `reference_seeds`, when
+given); the variants sized from the *matched run* (the invocation's first interpolating variant: `budget`,
+`budget_cutmix`, `budget_mixup` take its optimizer steps, `random_subset` its items per epoch) run after it, seed by
+seed. The verdict judges every challenger against every budget-matched peer, with a paired bootstrap over the
+evaluation images (`compare_report.verdicts`, `significance.py`); a reused run made before per-image results were
+recorded is evaluated once more from its saved model.
 
-- `baseline`: `interpolation="none"`, the plain Trainer (always run, first).
-- `intertrain`: the configuration as given (by default RandPatch with every technique).
-- `randpatch`, `linavg`: InterTrain with that operator (Table 1/2 rows).
-- `naive`: random pairs of all samples every epoch with the configured operator and none of the paper's
-  techniques (no selective interpolation, no split propagation, no adaptive ratio): the paper's "naive
-  interpolation" (Sec. 3, Fig. 1(a), the light-blue markings of Fig. 13(a)), plain RandPatch / LinAvg.
-- `no_split`: RandPatch with selective interpolation but without split propagation, the ablation "interference
-  not mitigated" (Fig. 13(a), green markings).
-- `region1`: selective interpolation from Region 1 only (Table 3, row 1; Fig. 13(b)).
-- `skip`: the samples selective interpolation picks are left out of the epoch instead of interpolated, and trained
-  without interpolation the next epoch (Sec. 7.8, Table 4, k = 1). Table 4 applies this to Region 3 only; here
-  it follows the run's `amenability_regions` (Regions 1 and 3 by default), so it compares skipping with
-  interpolating the very samples InterTrain picks. Table 5's oracle instance skipping (a forward pass over every
-  sample each epoch) is not reproduced.
-- `randpatch4`, `mosaic4` (docs/method.md, "Four-way composites"): InterTrain with RandPatch pairs, plus 4-way
-  composites (RandPatch-4 or Mosaic-4) for the samples the tracker's four-way selection marks;
-  `randpatch4_region1` groups every Region-1 member by four on its second interpolated epoch (the selection's
-  ablation; the only one whose ideal speed-up can approach 2x).
-- Thresholds (docs/method.md, "Thresholds" and "Ablations"): `threshold_epoch_mean`, `threshold_ema`,
-  `threshold_last_epoch` (other readings of the running average of eq. 4); `threshold_accuracy`,
-  `threshold_avg_loss`, `region3_lincorr` (Table 3's rows), `region3_only` (Fig. 13(b)), `region3_k2` (k = 2,
-  Fig. 8(b)) and `skip_region3` (Region 3 skipped while Region 1 is interpolated, Table 4).
-- `composite_weight2`: InterTrain with each pair weighing twice a single in the batch loss
-  (`composite_loss_weight=2`, docs/method.md, "Loss").
-- `clean_final`: InterTrain that trains the final 12.5% of its epochs without interpolation
-  (`interpolation_off_fraction=0.125`, docs/method.md, "Interpolation off at the end"; InfoBatch's annealing share).
-
-Budget-matched baseline and peer methods (docs/method.md, "Peer methods and budget-matched baselines"). A user
-who wants a shorter run can simply train fewer steps with the schedule fitted to them; InterTrain has to beat that.
-
-- `budget`: the baseline with `max_steps` = the optimizer steps of the *matched run* (the first interpolating
-  variant of the invocation), seed by seed: its learning-rate schedule is fitted to that many steps and fully
-  decays. `verdict` compares every other run with it.
-- `random_subset`: no interpolation; each epoch trains a fresh random subset as large as the matched run's items
-  that epoch (`data_selection="random_subset"`, `random_subset_sizes`), same seed.
-- `infobatch`: no interpolation; InfoBatch's loss-based random pruning with loss rescaling
-  (`data_selection="infobatch"`, with the run's `infobatch_*` arguments).
-
-`budget` and `random_subset` run after the matched run (`parse_variants` moves them there). Every variant but
-`intertrain` sets `four_way` and `data_selection` itself.
-
-Seeds: every variant runs with each seed of `seeds` (default: the run's own `seed`), into `output_dir/NAME` for
-one seed and `output_dir/NAME/seed-S` for several. Single-seed top-1 moves by about a point between seeds, so a
-difference smaller than the spread over seeds is not a result.
+Seeds: every variant runs with each seed of `seeds` (default: the run's own `seed`), into `output_dir/NAME` for one
+seed and `output_dir/NAME/seed-S` for several.
 
 Input path: `data_pipeline` applies to every variant alike; `auto` is resolved once, before anything trains
-(`with_resolved_pipeline`), and the fingerprint records the resolved value (runs made before it was recorded count
-as `workers`, the only path there was).
+(`with_resolved_pipeline`, through `run.resolve_data_pipeline`), and the fingerprint records the resolved value
+(runs made before it was recorded count as `workers`, the only path there was).
 
 Resume: a run whose folder already holds a finished `intertrain_run.json` with the same `fingerprint` (settings
-that decide the result) is loaded instead of trained again; one with another fingerprint is refused, never
-overwritten. `run_sweep` builds on this: it runs the comparison at several schedule lengths (`epochs-E/`) and
-writes `sweep.json` / `sweep.png`; an interrupted sweep is completed by running the same command again.
-The summaries, table and plots are `compare_report.py`'s.
+that decide the result: the `RESUME` and `FINGERPRINT` roles of `config.py`, the model and the data) is loaded instead
+of trained again; one with another fingerprint is refused, never overwritten. `run_sweep` builds on this: it runs the
+comparison at several schedule lengths (`epochs-E/`) and writes `sweep.json` / `sweep.png`; an interrupted sweep is
+completed by running the same command again. The summaries, table and plots are `compare_report.py`'s.
 """
 
 from __future__ import annotations
@@ -76,18 +41,23 @@ import json
 import os
 from typing import Any, Callable
 
+import numpy as np
+
 from ..checkpoint import SETTINGS_BEFORE_RECORDED
-from ..config import DataArguments, InterTrainArguments, ModelArguments
+from ..config import FINGERPRINT, RESUME, DataArguments, InterTrainArguments, ModelArguments, settings_with
+from ..model_card import FACTS_NAME, comparison_facts, load_facts, write_model_card
 from .compare_report import (
     SETTINGS,
     format_sweep,
     format_table,
     plot_comparison,
     plot_sweep,
+    role_of,
     summarize,
     summarize_sweep,
 )
-from .run import RUN_REPORT_NAME, RunReport, resolve_data_pipeline, run_training
+from .run import RUN_REPORT_NAME, RunReport, evaluate_saved_model, resolve_data_pipeline, run_training
+from .significance import pack_correct
 from .variants import MATCHED_VARIANTS, VARIANTS
 
 COMPARISON_JSON = "comparison.json"
@@ -95,18 +65,7 @@ COMPARISON_PNG = "comparison.png"
 SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 
-FINGERPRINT_ARGUMENTS = (
-    *SETTINGS,
-    "seed",
-    "num_train_epochs",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "optim",
-    "weight_decay",
-)
+FINGERPRINT_ARGUMENTS = settings_with(RESUME) + settings_with(FINGERPRINT)
 """The InterTrainArguments fields of a run's fingerprint (with the model and the data): a finished run is reused
 only when all of them are the same."""
 
@@ -122,13 +81,15 @@ def matched_variant(variants: list[str]) -> str | None:
 
 
 def parse_variants(spec: str) -> list[str]:
-    """`'baseline,intertrain'` -> validated variant names; the baseline runs first, `budget` and `random_subset`
-    after the run they match."""
-    names = [name.strip() for name in spec.split(",") if name.strip()]
+    """`'baseline,intertrain,budget'` -> validated variant names: the full-length references first, the variants
+    sized from the matched run right after it, the rest in the order given."""
+    names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
-    names = ["baseline", *dict.fromkeys(name for name in names if name != "baseline")]
+    if not names:
+        raise ValueError("--variants is empty: give comma-separated variants, e.g. baseline,intertrain,budget")
+    names = [n for n in names if VARIANTS[n].role == "reference"] + [n for n in names if VARIANTS[n].role != "reference"]
     dependent = [name for name in names if name in MATCHED_VARIANTS]
     matched = matched_variant(names)
     if dependent and matched is None:
@@ -140,6 +101,13 @@ def parse_variants(spec: str) -> list[str]:
     names = [name for name in names if name not in early]
     at = names.index(matched) + 1 if matched else 0
     return names[:at] + early + names[at:]
+
+
+def seeds_of(name: str, seeds: list[int], reference_seeds: list[int] | None) -> list[int]:
+    """The seeds a variant runs with: a full-length reference only with `reference_seeds` when they are given."""
+    if reference_seeds is None or VARIANTS[name].role != "reference":
+        return seeds
+    return [seed for seed in seeds if seed in reference_seeds]
 
 
 def parse_seeds(spec: str | int) -> list[int]:
@@ -253,11 +221,12 @@ def check_reusable(
     training_args: InterTrainArguments,
     variants: list[str],
     seeds: list[int],
+    reference_seeds: list[int] | None = None,
 ) -> None:
     """Refuse, before anything trains, a finished run in the way whose settings differ (the steps and items that
-    `budget` and `random_subset` take from their matched run are checked when that run is known)."""
-    for seed in seeds:
-        for name in variants:
+    the matched variants take from their matched run are checked when that run is known)."""
+    for name in variants:
+        for seed in seeds_of(name, seeds, reference_seeds):
             folder = run_dir(training_args.output_dir, name, seed, len(seeds) > 1)
             args = variant_arguments(training_args, name, seed, folder)
             ignore = ("max_steps", "random_subset_sizes") if name in MATCHED_VARIANTS else ()
@@ -286,20 +255,29 @@ def run_comparison(
     train: Callable[[ModelArguments, DataArguments, InterTrainArguments], RunReport] = run_training,
     seeds: list[int] | None = None,
     resolve_pipeline: Callable[[DataArguments, InterTrainArguments], str] = resolve_data_pipeline,
+    reference_seeds: list[int] | None = None,
+    evaluate: Callable[[ModelArguments, DataArguments, InterTrainArguments], np.ndarray] = evaluate_saved_model,
 ) -> dict[str, Any]:
-    """Train every variant with every seed (seed by seed, in the order of `variants`), reusing finished runs with
-    the same settings, then write and return the comparison. `data_pipeline="auto"` is resolved once first
-    (`resolve_pipeline`), so every variant, the baseline included, takes the same input path and records it."""
+    """Train every variant with every seed (seed by seed, in the order of `variants`; the full-length references only
+    with `reference_seeds` when given), reusing finished runs with the same settings, then write and return the
+    comparison. `data_pipeline="auto"` is resolved once first (`resolve_pipeline`), so every variant takes the same
+    input path and records it. When the verdict needs them, reused runs without per-image results get them from
+    `evaluate` (their saved model on the evaluation split)."""
     variants = parse_variants(",".join(variants))
     seeds = list(seeds or [training_args.seed])
+    if reference_seeds is not None and not set(reference_seeds) <= set(seeds):
+        raise ValueError(f"--reference_seeds {reference_seeds} must be among --seeds {seeds}")
     main_process = training_args.process_index == 0
     training_args = with_resolved_pipeline(data_args, training_args, resolve_pipeline)
-    check_reusable(model_args, data_args, training_args, variants, seeds)
+    check_reusable(model_args, data_args, training_args, variants, seeds, reference_seeds)
     matched_name = matched_variant(variants)
+    judged = any(VARIANTS[name].role == "peer" for name in variants)
     reports: dict[str, dict[int, RunReport]] = {name: {} for name in variants}
     settings: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         for name in variants:
+            if seed not in seeds_of(name, seeds, reference_seeds):
+                continue
             matched = reports[matched_name][seed] if name in MATCHED_VARIANTS else None
             folder = run_dir(training_args.output_dir, name, seed, len(seeds) > 1)
             args = variant_arguments(training_args, name, seed, folder, matched)
@@ -309,12 +287,12 @@ def run_comparison(
             if report is not None:
                 if main_process:
                     print(f"compare: {name} seed {seed}: reusing the finished run in {folder} (same settings)")
+                if judged and report.correct() is None:
+                    report = with_correctness(report, evaluate(model_args, data_args, args), main_process)
             else:
                 report = dataclasses.replace(train(model_args, data_args, args), fingerprint=fingerprint)
                 if main_process:
-                    os.makedirs(folder, exist_ok=True)
-                    with open(os.path.join(folder, RUN_REPORT_NAME), "w") as f:
-                        json.dump(report.to_dict(), f, indent=2)
+                    write_report(folder, report)
             reports[name][seed] = report
     comparison = summarize(reports, model_args, data_args, training_args, settings)
     if main_process:
@@ -322,8 +300,45 @@ def run_comparison(
         with open(os.path.join(training_args.output_dir, COMPARISON_JSON), "w") as f:
             json.dump(comparison, f, indent=2)
         plot_comparison(comparison, os.path.join(training_args.output_dir, COMPARISON_PNG))
+        write_challenger_cards(comparison)
         print(format_table(comparison))
     return comparison
+
+
+def write_report(folder: str, report: RunReport) -> None:
+    """The run's `intertrain_run.json`."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, RUN_REPORT_NAME), "w") as f:
+        json.dump(report.to_dict(), f, indent=2)
+
+
+def with_correctness(report: RunReport, correct: np.ndarray, main_process: bool = True) -> RunReport:
+    """A finished run's report with the per-image results of its saved model, written back into its folder. Its
+    top-1 must be the one the run recorded: another one means the folder's model is not the run's."""
+    accuracy = float(np.mean(correct))
+    if report.eval_accuracy is not None and abs(accuracy - report.eval_accuracy) > 1e-3:
+        raise ValueError(
+            f"the saved model in {report.output_dir} scores top-1 {accuracy:.4f} but its run recorded "
+            f"{report.eval_accuracy:.4f}: the folder was changed after the run; train it again in another --output_dir"
+        )
+    report = dataclasses.replace(report, num_eval_samples=int(correct.size), eval_correct=pack_correct(correct))
+    if main_process and report.output_dir:
+        write_report(report.output_dir, report)
+    return report
+
+
+def write_challenger_cards(comparison: dict[str, Any]) -> None:
+    """Each challenger's model card again, now with what the comparison measured: its speed-up against the reference
+    and its verdict against the budget-matched peers (`model_card.comparison_facts`)."""
+    for name, run in comparison["runs"].items():
+        if role_of(name) != "challenger":
+            continue
+        for seed_run in run["seeds"].values():
+            folder = seed_run.get("output_dir")
+            if folder and os.path.isfile(os.path.join(folder, FACTS_NAME)):
+                facts = load_facts(folder)
+                facts["comparison"] = comparison_facts(comparison, name)
+                write_model_card(facts, folder)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,6 +354,8 @@ def run_sweep(
     train: Callable[[ModelArguments, DataArguments, InterTrainArguments], RunReport] = run_training,
     seeds: list[int] | None = None,
     resolve_pipeline: Callable[[DataArguments, InterTrainArguments], str] = resolve_data_pipeline,
+    reference_seeds: list[int] | None = None,
+    evaluate: Callable[[ModelArguments, DataArguments, InterTrainArguments], np.ndarray] = evaluate_saved_model,
 ) -> dict[str, Any]:
     """The comparison at each schedule length (`num_train_epochs` = E, into `output_dir/epochs-E/`), then
     `sweep.json` and `sweep.png`: whether InterTrain's advantage over the budget-matched baseline holds as
@@ -357,9 +374,11 @@ def run_sweep(
         for length in lengths
     }
     for args in per_length.values():
-        check_reusable(model_args, data_args, args, variants, seeds)
+        check_reusable(model_args, data_args, args, variants, seeds, reference_seeds)
     comparisons = {
-        length: run_comparison(model_args, data_args, args, variants, train, seeds, resolve_pipeline)
+        length: run_comparison(
+            model_args, data_args, args, variants, train, seeds, resolve_pipeline, reference_seeds, evaluate
+        )
         for length, args in per_length.items()
     }
     sweep = summarize_sweep(comparisons, variants, seeds, matched_variant(variants))

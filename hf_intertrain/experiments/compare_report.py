@@ -15,6 +15,8 @@ from typing import Any
 from ..checkpoint import RESUME_SETTINGS
 from ..config import DataArguments, InterTrainArguments, ModelArguments
 from .run import RunReport
+from .significance import outcome, paired_bootstrap
+from .variants import REFERENCE, VARIANTS
 
 SETTINGS = (*RESUME_SETTINGS, "max_steps")
 """The InterTrainArguments fields a variant may change, recorded per run in comparison.json."""
@@ -60,22 +62,36 @@ def _std(values: list) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _run_dict(report: RunReport, baseline: RunReport, settings: dict[str, Any]) -> dict[str, Any]:
-    """One run against the baseline of the same seed."""
+def _run_dict(report: RunReport, reference: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """One run against the reference (`train_seconds`, `items_trained`, `eval_accuracy`) of the same seed, or the
+    reference's means where it did not run that seed."""
     run = report.to_dict()
+    del run["eval_correct"]  # kept in the run's own report; comparison.json keeps what people read
     run["epochs"] = epoch_rows(report)
     run["settings"] = settings
-    run["speedup"] = _ratio(baseline.train_seconds, report.train_seconds)
-    run["ideal_speedup"] = _ratio(baseline.items_trained, report.items_trained)
+    run["speedup"] = _ratio(reference["train_seconds"], report.train_seconds)
+    run["ideal_speedup"] = _ratio(reference["items_trained"], report.items_trained)
     run["speedup_efficiency"] = _ratio(run["speedup"], run["ideal_speedup"])
-    run["accuracy_delta"] = (
-        report.eval_accuracy - baseline.eval_accuracy
-        if baseline.eval_accuracy is not None and report.eval_accuracy is not None
-        else None
-    )
+    run["accuracy_delta"] = _difference(report.eval_accuracy, reference["eval_accuracy"])
     fractions = [row["approximated_fraction"] for row in run["epochs"]]
     run["mean_approximated_fraction"] = sum(fractions) / len(fractions) if fractions else 0.0
     return run
+
+
+def _difference(value: float | None, other: float | None) -> float | None:
+    return None if value is None or other is None else value - other
+
+
+def role_of(name: str) -> str:
+    """A run's role in the comparison (`variants.Variant.role`); a name outside the table is a challenger."""
+    return VARIANTS[name].role if name in VARIANTS else "challenger"
+
+
+def reference_of(reports: dict[str, dict[int, RunReport]]) -> str:
+    """The run speed-ups are read against: the full `baseline` when it ran, else the slowest run (mean seconds)."""
+    if REFERENCE in reports:
+        return REFERENCE
+    return max(reports, key=lambda name: statistics.fmean(r.train_seconds for r in reports[name].values()))
 
 
 def summarize(
@@ -85,22 +101,29 @@ def summarize(
     training_args: InterTrainArguments,
     settings: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """comparison.json: every run with its per-epoch statistics, speed-up and ideal speed-up against the baseline.
+    """comparison.json: every run with its per-epoch statistics, speed-up and ideal speed-up against the reference,
+    and the verdict against the budget-matched peers.
 
-    `reports` maps a variant to its report, or to `{seed: report}`. `runs[name]["seeds"][str(seed)]` is that seed's
-    run against the baseline of the same seed. `runs[name]` itself holds, for several seeds, the means over seeds
-    of the measurements (`train_seconds`, `eval_accuracy`, `eval_top5`, `items_trained`, `train_runtime`,
-    `optimizer_steps`, `mean_approximated_fraction`), speed-ups and `accuracy_delta` computed from those means
-    (baseline mean seconds / variant mean seconds; ideal from the mean items), `eval_accuracy_mean/_std` and
-    `train_seconds_mean/_std` (sample std, 0.0 for one seed), and the first seed's `epochs`, `settings`, `seed`,
-    `output_dir` and `fingerprint`. Each seed's own settings (`budget`'s `max_steps` differs by seed) are in its
-    seed's run. `verdict`, when `budget` ran: every other challenger against it (`verdicts`).
+    `reports` maps a variant to its report, or to `{seed: report}` (a reference may have fewer seeds than the other
+    runs, `compare --reference_seeds`). The reference is the full `baseline` when it ran, else the slowest run,
+    and `reference` / `reference_note` say which. `runs[name]["seeds"][str(seed)]` is that seed's run against the
+    reference of the same seed (its means where it did not run that seed). `runs[name]` itself holds, over its
+    seeds, the means of the measurements (`train_seconds`, `eval_accuracy`, `eval_top5`, `items_trained`,
+    `train_runtime`, `optimizer_steps`, `mean_approximated_fraction`), speed-ups and `accuracy_delta` computed from
+    those means, `eval_accuracy_mean/_std` and `train_seconds_mean/_std` (sample std, 0.0 for one seed), its
+    `seeds`, and the first seed's `epochs`, `settings`, `seed`, `output_dir` and `fingerprint`. `verdict` (when a
+    peer ran, `verdicts`) and `plain_verdict` (`plain_verdict`) follow.
     """
     reports = {
         name: by_seed if isinstance(by_seed, dict) else {training_args.seed: by_seed}
         for name, by_seed in reports.items()
     }
-    seeds = list(reports["baseline"])
+    seeds = list(dict.fromkeys(seed for by_seed in reports.values() for seed in by_seed))
+    reference_name = reference_of(reports)
+    reference_means = {
+        key: _mean([getattr(report, key) for report in reports[reference_name].values()])
+        for key in ("train_seconds", "items_trained", "eval_accuracy")
+    }
     runs = {}
     for name, by_seed in reports.items():
         per_seed = {}
@@ -108,76 +131,140 @@ def summarize(
             own = dict((settings or {}).get(name, {}))
             if report.fingerprint:
                 own.update({key: report.fingerprint[key] for key in SETTINGS if key in report.fingerprint})
-            per_seed[seed] = _run_dict(report, reports["baseline"][seed], own)
-        run = dict(per_seed[seeds[0]])
+            reference = reports[reference_name].get(seed)
+            reference = vars(reference) if reference is not None else reference_means
+            per_seed[seed] = _run_dict(report, reference, own)
+        own_seeds = list(per_seed)
+        run = dict(per_seed[own_seeds[0]])
         run["settings"] = dict((settings or {}).get(name, run["settings"]))
         for key in _MEANED:
-            run[key] = _mean([per_seed[seed][key] for seed in seeds])
-        accuracies = [per_seed[seed]["eval_accuracy"] for seed in seeds]
-        seconds = [per_seed[seed]["train_seconds"] for seed in seeds]
+            run[key] = _mean([per_seed[seed][key] for seed in own_seeds])
+        accuracies = [per_seed[seed]["eval_accuracy"] for seed in own_seeds]
+        seconds = [per_seed[seed]["train_seconds"] for seed in own_seeds]
         run.update(
             eval_accuracy_mean=_mean(accuracies),
             eval_accuracy_std=_std(accuracies),
             train_seconds_mean=_mean(seconds),
             train_seconds_std=_std(seconds),
-            seeds={str(seed): per_seed[seed] for seed in seeds},
+            seeds={str(seed): per_seed[seed] for seed in own_seeds},
         )
         runs[name] = run
-    baseline = runs["baseline"]
+    reference = runs[reference_name]
     for run in runs.values():
-        run["speedup"] = _ratio(baseline["train_seconds"], run["train_seconds"])
-        run["ideal_speedup"] = _ratio(baseline["items_trained"], run["items_trained"])
+        run["speedup"] = _ratio(reference["train_seconds"], run["train_seconds"])
+        run["ideal_speedup"] = _ratio(reference["items_trained"], run["items_trained"])
         run["speedup_efficiency"] = _ratio(run["speedup"], run["ideal_speedup"])
-        run["accuracy_delta"] = (
-            run["eval_accuracy"] - baseline["eval_accuracy"]
-            if run["eval_accuracy"] is not None and baseline["eval_accuracy"] is not None
-            else None
-        )
+        run["accuracy_delta"] = _difference(run["eval_accuracy"], reference["eval_accuracy"])
     comparison: dict[str, Any] = {
         "model_name": model_args.model_name,
         "model_kwargs": model_args.create_kwargs(),
         "dataset_name": data_args.dataset_name,
-        "num_train_samples": baseline["num_train_samples"],
+        "num_train_samples": reference["num_train_samples"],
         "num_train_epochs": training_args.num_train_epochs,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "learning_rate": training_args.learning_rate,
         "seed": seeds[0],
         "seeds": seeds,
         "variants": list(runs),
+        "reference": reference_name,
+        "reference_note": None if reference_name == REFERENCE else (
+            f"no full baseline in this comparison: speed-ups are against the slowest run, {reference_name}"
+        ),
         "runs": runs,
     }
-    challengers = [name for name in runs if name != "baseline"]
+    challengers = [name for name in runs if name != reference_name]
     if len(challengers) == 1:
         comparison["speedup"] = runs[challengers[0]]["speedup"]
         comparison["ideal_speedup"] = runs[challengers[0]]["ideal_speedup"]
-        comparison["baseline"] = runs["baseline"]
+        comparison["baseline"] = reference
         comparison["intertrain"] = runs[challengers[0]]
-    if "budget" in runs:
-        comparison["verdict"] = verdicts(runs)
+    if any(role_of(name) == "peer" for name in runs):
+        comparison["verdict"] = verdicts(runs, reports)
+    comparison["plain_verdict"] = plain_verdict(comparison)
     return comparison
 
 
 WIN_SECONDS_RATIO = 1.05
-"""A challenger wins against `budget` with better mean top-1 in at most this multiple of its mean seconds."""
+"""A challenger wins against a peer when it is more accurate beyond noise in at most this multiple of its time."""
 
 
-def verdicts(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every run but the baseline and the budget against the budget-matched baseline, from the means over seeds
-    (docs/method.md, "Peer methods and budget-matched baselines")."""
-    budget = runs["budget"]
+def verdicts(
+    runs: dict[str, dict[str, Any]], reports: dict[str, dict[int, RunReport]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every challenger against every budget-matched peer, and against the strongest of them (docs/method.md, "Peer
+    methods and budget-matched baselines").
+
+    Per challenger: `peers` holds, for each peer, `accuracy_delta` (mean top-1 difference over the seeds both ran),
+    `interval` (its 95% paired-bootstrap interval over the evaluation images, pooled over those seeds; None without
+    per-image results), `seconds_ratio` (mean seconds over the peer's), `seeds` and `outcome` ('wins', 'loses',
+    'within noise', 'slower', or 'not judged' without per-image results; `significance.outcome`). The challenger's
+    own entry repeats the judgement against the strongest peer (highest mean top-1), named in `vs`, with `wins`.
+    """
+    peers = [name for name in runs if role_of(name) == "peer"]
+    strongest = max(peers, key=lambda name: runs[name]["eval_accuracy"] if runs[name]["eval_accuracy"] is not None else -1)
     verdict = {}
-    for name, run in runs.items():
-        if name in ("baseline", "budget"):
+    for name in runs:
+        if role_of(name) != "challenger":
             continue
-        delta = (
-            run["eval_accuracy"] - budget["eval_accuracy"]
-            if run["eval_accuracy"] is not None and budget["eval_accuracy"] is not None
-            else None
-        )
-        ratio = _ratio(run["train_seconds"], budget["train_seconds"])
-        wins = delta is not None and ratio is not None and delta > 0 and ratio <= WIN_SECONDS_RATIO
-        verdict[name] = {"vs": "budget", "accuracy_delta": delta, "seconds_ratio": ratio, "wins": wins}
+        against = {peer: _judge(runs[name], runs[peer], (reports or {}).get(name), (reports or {}).get(peer)) for peer in peers}
+        best = against[strongest]
+        verdict[name] = {"vs": strongest, **best, "wins": best["outcome"] == "wins", "peers": against}
     return verdict
+
+
+def _judge(run: dict, peer: dict, reports: dict[int, RunReport] | None, peer_reports: dict[int, RunReport] | None) -> dict:
+    """One challenger against one peer on the seeds both ran."""
+    seeds = [seed for seed in run["seeds"] if seed in peer["seeds"]]
+    accuracies = [(run["seeds"][s]["eval_accuracy"], peer["seeds"][s]["eval_accuracy"]) for s in seeds]
+    delta = None if not seeds or any(a is None or b is None for a, b in accuracies) else statistics.fmean(
+        a - b for a, b in accuracies
+    )
+    ratio = _ratio(
+        statistics.fmean(run["seeds"][s]["train_seconds"] for s in seeds) if seeds else None,
+        statistics.fmean(peer["seeds"][s]["train_seconds"] for s in seeds) if seeds else None,
+    )
+    interval, result = None, "not judged"
+    correct = [
+        (reports[int(s)].correct(), peer_reports[int(s)].correct()) for s in seeds
+    ] if reports and peer_reports else []
+    if correct and all(c is not None and p is not None and c.shape == p.shape for c, p in correct):
+        difference, low, high = paired_bootstrap([c for c, _ in correct], [p for _, p in correct])
+        interval = [low, high]
+        delta = difference
+        result = outcome(low, high, ratio, WIN_SECONDS_RATIO)
+    return {"accuracy_delta": delta, "interval": interval, "seconds_ratio": ratio, "seeds": [int(s) for s in seeds], "outcome": result}
+
+
+def plain_verdict(comparison: dict[str, Any]) -> str | None:
+    """The first interpolating challenger's answer in one plain line: how much faster than the reference, how much
+    more or less accurate than its strongest budget-matched peer, and whether that is beyond noise."""
+    runs = comparison["runs"]
+    name = next((n for n in runs if role_of(n) == "challenger" and (n not in VARIANTS or VARIANTS[n].interpolates)), None)
+    if name is None:
+        return None
+    run = runs[name]
+    reference = comparison["reference"]
+    against = "the full baseline" if reference == REFERENCE else f"the slowest run here ({reference})"
+    line = f"{name}: {_fmt(run['speedup'], '.2f', 'x')} faster than {against}"
+    entry = (comparison.get("verdict") or {}).get(name)
+    if entry is None or entry["accuracy_delta"] is None:
+        return line + "; no budget-matched run to judge it against (add budget to --variants)"
+    points = 100 * entry["accuracy_delta"]
+    peer = entry["vs"]
+    what = VARIANTS[peer].as_peer if peer in VARIANTS else peer
+    noise = {
+        "wins": "beyond noise: it wins",
+        "loses": "beyond noise: it loses",
+        "within noise": "within noise",
+        "slower": "beyond noise, but it takes more than 1.05x the time",
+        "not judged": "noise not judged: no per-image results",
+    }[entry["outcome"]]
+    interval = entry["interval"]
+    bounds = "" if interval is None else f", 95% interval {100 * interval[0]:+.1f} to {100 * interval[1]:+.1f}"
+    return (
+        f"{line}, {abs(points):.1f} points {'more' if points > 0 else 'less'} accurate than {what} "
+        f"({peer}{bounds}; {noise})"
+    )
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -212,13 +299,22 @@ def format_table(comparison: dict[str, Any]) -> str:
             f"{_fmt(run['mean_approximated_fraction'], '.2f'):>11}/{_fmt(last, '.2f')}{kind}"
         )
     verdict = comparison.get("verdict") or {}
-    if verdict:
+    if verdict or comparison.get("reference_note"):
         lines.append("")
+    if comparison.get("reference_note"):
+        lines.append(comparison["reference_note"])
     for name, entry in verdict.items():
-        delta = _fmt(None if entry["accuracy_delta"] is None else 100 * entry["accuracy_delta"], "+.1f")
-        outcome = "wins" if entry["wins"] else "loses"
-        ratio = _fmt(entry["seconds_ratio"], ".2f", "x")
-        lines.append(f"{name} vs budget: {delta} points at {ratio} the time -> {outcome}")
+        for peer, judged in entry["peers"].items():
+            delta = _fmt(None if judged["accuracy_delta"] is None else 100 * judged["accuracy_delta"], "+.1f")
+            interval = judged["interval"]
+            bounds = "" if interval is None else f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+            strongest = " (strongest peer)" if peer == entry["vs"] and len(entry["peers"]) > 1 else ""
+            lines.append(
+                f"{name} vs {peer}{strongest}: {delta}{bounds} points at {_fmt(judged['seconds_ratio'], '.2f', 'x')} "
+                f"the time -> {judged['outcome']}"
+            )
+    if comparison.get("plain_verdict"):
+        lines += ["", comparison["plain_verdict"]]
     return "\n".join(lines)
 
 

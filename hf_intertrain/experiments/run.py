@@ -5,6 +5,7 @@ Shared by `hf-intertrain train`, `hf-intertrain compare` and `recipes/train.py`;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -124,7 +125,7 @@ def build_datasets(
     data: ImageClassificationData, model, image_size: int, data_pipeline: str = "workers", device=None
 ):
     """Train and eval datasets with the model's normalisation and the standard augmentation, served by the input
-    pipeline `data_pipeline` (`auto` resolved here, see `data/device.py`, `choose_data_pipeline`)."""
+    pipeline `data_pipeline` (`workers` or `device`, see `resolve_data_pipeline`)."""
     data_config = timm.data.resolve_data_config({}, model=model.timm_model)
     return build_split_datasets(data, data_config, image_size, data_pipeline, device)
 
@@ -136,13 +137,12 @@ def build_split_datasets(
 
     `workers`: `ImageClassificationDataset`s, each image decoded and augmented in the loader workers. `device`:
     `DeviceImageDataset`s, augmented on the training device by the trainer, from each split's decoded cache when the
-    splits fit the cache budget, else from their encoded files. `auto`: `device` when the cache applies, else
-    `workers` (docs/method.md, "Choices where the paper is silent").
+    splits fit the cache budget, else from their encoded files (docs/input_path.md).
     """
-    pipeline = choose_data_pipeline(data_pipeline, data, device)
-    if pipeline == "device":
-        cache = True if data_pipeline == "auto" else None  # auto chose it because the cache fits
-        return build_device_datasets(data, data_config, image_size, device, cache=cache)
+    if data_pipeline not in ("workers", "device"):
+        raise ValueError(f"data_pipeline={data_pipeline!r}: resolve it first (resolve_data_pipeline) to workers or device")
+    if data_pipeline == "device":
+        return build_device_datasets(data, data_config, image_size, device)
     train = ImageClassificationDataset(
         data.train,
         build_transforms(data_config, image_size, is_training=True),
@@ -192,12 +192,22 @@ def verify_uncached_images(data: ImageClassificationData, served: tuple[Any, Any
     return verified
 
 
-def resolve_data_pipeline(data_args: DataArguments, training_args: InterTrainArguments) -> str:
-    """`--data_pipeline` with `auto` resolved for this dataset and device (its cache is built on the way), for runs
-    that must all take the same path: `compare` resolves it once for every variant."""
-    if training_args.data_pipeline != "auto":
-        return training_args.data_pipeline
-    return choose_data_pipeline("auto", load_data(data_args, verify_images="none"), training_args.device)
+def resolve_data_pipeline(
+    data_args: DataArguments,
+    training_args: InterTrainArguments,
+    data: ImageClassificationData | None = None,
+    resume: str | None = None,
+) -> str:
+    """`--data_pipeline` resolved to `workers` or `device`, once, before anything is built: `auto` takes the input
+    path of the checkpoint a run resumes from, else `device` when the decoded splits fit the cache budget (its cache is
+    built on the way), else `workers` (`data.choose_data_pipeline`). `compare` resolves it once for every variant;
+    the trainer only reads the choice from its dataset."""
+    requested = training_args.data_pipeline
+    if requested != "auto":
+        return requested
+    if resume is not None and (saved := saved_setting(resume, "data_pipeline")) is not None:
+        return saved
+    return choose_data_pipeline("auto", data or load_data(data_args, verify_images="none"), training_args.device)
 
 
 def run_training(
@@ -216,15 +226,13 @@ def run_training(
         resume = get_last_checkpoint(training_args.output_dir)
         if resume is None:
             raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
-    pipeline = training_args.data_pipeline
-    if pipeline == "auto" and resume is not None:
-        pipeline = saved_setting(resume, "data_pipeline") or pipeline  # the resumed run's own input path
+    pipeline = resolve_data_pipeline(data_args, training_args, data, resume)
     train_dataset, eval_dataset = build_datasets(data, model, image_size, pipeline, training_args.device)
     verify_uncached_images(data, (train_dataset, eval_dataset), data_args.verify_images)
+    training_args = dataclasses.replace(training_args, data_pipeline=pipeline)
     if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
         logger.warning("The dataset has no evaluation split: training without evaluation.")
-        training_args.eval_strategy = IntervalStrategy.NO
-        training_args.do_eval = False
+        training_args = dataclasses.replace(training_args, eval_strategy=IntervalStrategy.NO, do_eval=False)
 
     trainer = InterTrainTrainer(
         model=model,
@@ -250,6 +258,29 @@ def run_training(
         with open(os.path.join(training_args.output_dir, RUN_REPORT_NAME), "w") as f:
             json.dump(report.to_dict(), f, indent=2)
     return report
+
+
+def evaluate_saved_model(
+    model_args: ModelArguments, data_args: DataArguments, training_args: InterTrainArguments
+) -> np.ndarray:
+    """Per-image correctness of the model a finished run saved in `training_args.output_dir`, on the evaluation split
+    of `data_args`, through the run's own input path: for runs made before their reports recorded it."""
+    data = load_data(data_args, verify_images="none")
+    model = TimmWrapperForImageClassification.from_pretrained(training_args.output_dir)
+    image_size = resolve_image_size(data_args, data, model)
+    pipeline = resolve_data_pipeline(data_args, training_args, data)
+    train_dataset, eval_dataset = build_datasets(data, model, image_size, pipeline, training_args.device)
+    if eval_dataset is None:
+        raise ValueError(f"dataset {data_args.dataset_name!r} has no evaluation split: the verdict needs one")
+    args = dataclasses.replace(
+        training_args, output_dir=os.path.join(training_args.output_dir, "reevaluation"), report_to="none",
+        data_pipeline=pipeline, disable_tqdm=True,
+    )
+    trainer = InterTrainTrainer(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        compute_metrics=build_compute_metrics(),
+    )
+    return evaluate_per_image(trainer, eval_dataset)[1]
 
 
 def evaluate_per_image(trainer: InterTrainTrainer, eval_dataset) -> tuple[dict[str, float], np.ndarray]:

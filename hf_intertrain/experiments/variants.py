@@ -33,12 +33,14 @@ class Variant:
         settings: The fields it sets.
         role: 'reference', 'peer' or 'challenger' (see the module docstring).
         matches: What it takes from the matched run: 'steps', 'items' or None.
+        as_peer: For a peer, what it is in the plain verdict ("training as many steps without it").
     """
 
     help: str
     settings: dict[str, Any] = field(default_factory=dict)
     role: str = "challenger"
     matches: str | None = None
+    as_peer: str | None = None
 
     @property
     def interpolates(self) -> bool:
@@ -79,7 +81,7 @@ VARIANTS: dict[str, Variant] = {
     ),
     "budget": Variant(
         "the baseline trained for exactly the matched run's optimizer steps, its schedule fitted to them",
-        _PLAIN, "peer", "steps",
+        _PLAIN, "peer", "steps", "training as many steps without it",
     ),
     "random_subset": Variant(
         "RS2: no interpolation, each epoch a random subset as large as the matched run's items",
@@ -104,12 +106,18 @@ VARIANTS: dict[str, Variant] = {
     "composite_weight2": Variant("each pair weighs twice a single in the loss", {"composite_loss_weight": 2.0, **_PAIRS}),
     "clean_final": Variant("no interpolation in the final eighth of the epochs", {"interpolation_off_fraction": 0.125, **_PAIRS}),
     "baseline_cutmix": Variant("the baseline with CutMix (alpha 1, probability 0.5)", {**_PLAIN, **CUTMIX}, "reference"),
-    "budget_cutmix": Variant("budget with CutMix: the matched run's steps, CutMix on", {**_PLAIN, **CUTMIX}, "peer", "steps"),
+    "budget_cutmix": Variant(
+        "budget with CutMix: the matched run's steps, CutMix on", {**_PLAIN, **CUTMIX}, "peer", "steps",
+        "training as many steps with CutMix instead",
+    ),
     "randpatch_cutmix": Variant(
         "InterTrain RandPatch with CutMix on its singles", {"interpolation": "randpatch", **_PAIRS, **CUTMIX}
     ),
     "baseline_mixup": Variant("the baseline with Mixup (alpha 1)", {**_PLAIN, **MIXUP}, "reference"),
-    "budget_mixup": Variant("budget with Mixup: the matched run's steps, Mixup on", {**_PLAIN, **MIXUP}, "peer", "steps"),
+    "budget_mixup": Variant(
+        "budget with Mixup: the matched run's steps, Mixup on", {**_PLAIN, **MIXUP}, "peer", "steps",
+        "training as many steps with Mixup instead",
+    ),
     "randpatch_mixup": Variant("InterTrain RandPatch with Mixup on its singles", {"interpolation": "randpatch", **_PAIRS, **MIXUP}),
 }
 

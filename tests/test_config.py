@@ -34,3 +34,18 @@ def test_bad_peer_settings_fail_with_one_line(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match) as error:
         arguments(tmp_path, **overrides)
     assert "\n" not in str(error.value)
+
+
+def test_tracker_rules_come_from_the_flags_and_the_rule_choices_from_the_tracker_tables(tmp_path):
+    from dataclasses import fields
+
+    from hf_intertrain.method.tracker import TrackerRules
+    from hf_intertrain.method.tracker.decision import REGION1_RULES, REGION3_RULES
+
+    args = arguments(tmp_path, selective_interpolation=True, amenability_regions="1", region1_rule="avg_loss", threshold_average="ema")
+    assert args.tracker_rules() == TrackerRules(regions=(1,), region1_rule="avg_loss", threshold_average="ema")
+    assert arguments(tmp_path, four_way="randpatch4").tracker_rules().max_group_size == 4
+    flags = {f.name: f.metadata for f in fields(InterTrainArguments)}
+    for name, table in (("region1_rule", REGION1_RULES), ("region3_rule", REGION3_RULES)):
+        assert flags[name]["choices"] == list(table)
+        assert all(f"'{choice}' ({rule.description})" in flags[name]["help"] for choice, rule in table.items())

@@ -18,13 +18,13 @@ from .constants import (
     FOUR_WAY_SELECTIONS,
     INTERPOLATIONS,
     MIXUP_MODES,
-    REGION1_RULES,
-    REGION3_RULES,
     THRESHOLD_AVERAGES,
 )
 from .launch import launched_on_cpu
 from .method.mixing import check_mixing
 from .method.selection import check_selection
+from .method.tracker import TrackerRules
+from .method.tracker.decision import REGION1_RULES, REGION3_RULES, describe
 
 
 RESUME = "resume"
@@ -131,16 +131,14 @@ class InterTrainArguments(TrainingArguments):
     region1_rule: Annotated[str, RESUME] = field(
         default="l_mid",
         metadata={
-            "help": "What puts a sample in Region 1 (docs/method.md, 'Ablations'; paper Table 3): 'l_mid' (loss below "
-            "L_mid, the method), 'accuracy' (classified correctly) or 'avg_loss' (loss below the running average loss).",
+            "help": f"What puts a sample in Region 1 (docs/method.md, 'Ablations'; paper Table 3): {describe(REGION1_RULES)}.",
             "choices": list(REGION1_RULES),
         },
     )
     region3_rule: Annotated[str, RESUME] = field(
         default="increase",
         metadata={
-            "help": "What admits a Region-3 sample: 'increase' (loss above L_incorr that increased, the method) or "
-            "'l_incorr' (loss above L_incorr alone, an ablation).",
+            "help": f"What admits a Region-3 sample: {describe(REGION3_RULES)}.",
             "choices": list(REGION3_RULES),
         },
     )
@@ -380,6 +378,12 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"amenability_regions={self.amenability_regions!r} must be a comma-separated list like '1,3'"
             ) from None
+
+    def tracker_rules(self) -> TrackerRules:
+        """The amenability tracker's settings: each `TrackerRules` field is the field or property of that name here,
+        but `selective`, which is `selective_interpolation`."""
+        names = [f.name for f in fields(TrackerRules) if f.name != "selective"]
+        return TrackerRules(selective=self.selective_interpolation, **{name: getattr(self, name) for name in names})
 
     @property
     def subset_sizes(self) -> tuple[int, ...]:

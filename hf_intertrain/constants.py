@@ -1,7 +1,8 @@
 """Facts shared by several modules, in one place; this module imports nothing heavier than `pathlib`.
 
-`config.py` builds its flags from these tuples without importing torch, datasets or the tracker, and the data,
-hub and run modules agree on what a small image is.
+`config.py` builds its flags from these tuples (the Region-1 and Region-3 rules from the tracker's tables in
+`method/tracker/decision.py`, where their functions are), and the data, hub and run modules agree on what a small
+image is.
 """
 
 from __future__ import annotations
@@ -36,13 +37,6 @@ FOUR_WAY_SELECTIONS: tuple[str, ...] = ("robust", "region1")
 THRESHOLD_AVERAGES: tuple[str, ...] = ("pooled", "epoch_mean", "ema", "last_epoch")
 """How the tracker averages L_corr / L_incorr over completed epochs: every observation pooled (the default), the mean
 of per-epoch means, their exponential moving average, or the last epoch's means."""
-
-REGION1_RULES: tuple[str, ...] = ("l_mid", "accuracy", "avg_loss")
-"""What puts a sample in Region 1: loss below L_mid (the method), correct classification, or loss below the
-running average loss of all S_noInt samples (the paper's Table 3 ablations)."""
-
-REGION3_RULES: tuple[str, ...] = ("increase", "l_incorr")
-"""What admits a Region 3 sample: loss above L_incorr that increased (the method), or above L_incorr alone (ablation)."""
 
 DATA_PIPELINES: tuple[str, ...] = ("auto", "workers", "device")
 """Where images are decoded and augmented: per image in the DataLoader workers, or in batches on the training

@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .checkpoint import RESUME_SETTINGS
 from .constants import EMBEDDED_DATASET
 from .hub import eval_data_config
+from .method.tracker.summary import REGION_COUNTS, joined_epochs
 
 TEMPLATE_NAME = "intertrain_template.md"
 CARD_NAME = "README.md"
@@ -31,8 +32,9 @@ PLOT_NAME = "intertrain_fraction.png"
 BASE_TAGS = ("image-classification", "timm", "intertrain")
 EMBEDDED_DATASET_HUB_ID = "uoft-cs/cifar10"
 _LABELS_SHOWN = 20
-_ROW_KEYS = ("interpolated_fraction", "items", "pairs", "region_1", "region_2", "region_3", "epoch_seconds")
+_ROW_KEYS = ("interpolated_fraction", "items", "pairs", *REGION_COUNTS, "epoch_seconds")
 _FIG5_KEYS = ("correct_below_l_mid", "incorrect_below_l_mid")
+"""The card's per-epoch columns: `intertrain/*` statistics named as in `summary.EPOCH_STATISTICS`."""
 _INTERPOLATION_TEXT = {
     "randpatch": "RandPatch: a rectangle of one image pasted into the other, each constituent classified from its own "
     "cells of the final feature map when split propagation is on",
@@ -75,17 +77,14 @@ def describe_dataset(dataset_name: str | None) -> dict[str, Any]:
 
 def epoch_rows(intertrain_history: list[dict[str, float]], log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-epoch statistics of `InterTrainTrainer.intertrain_history`, joined with the evaluation after each epoch."""
-    evals = {round(entry["epoch"]): entry for entry in log_history if "eval_top1" in entry and "epoch" in entry}
     rows = []
-    for stats in intertrain_history:
+    for stats, evaluation in joined_epochs(intertrain_history, log_history):
         row: dict[str, Any] = {"epoch": int(stats["epoch"])}
         for key in _ROW_KEYS:
-            value = stats[f"intertrain/{key}"]
-            row[key] = float(value) if key in ("interpolated_fraction", "epoch_seconds") else int(value)
+            row[key] = float(stats[key]) if key in ("interpolated_fraction", "epoch_seconds") else int(stats[key])
         for key in _FIG5_KEYS:  # absent from histories written before the diagnostics existed
-            value = stats.get(f"intertrain/{key}")
+            value = stats.get(key)
             row[key] = None if value is None or math.isnan(float(value)) else float(value)
-        evaluation = evals.get(row["epoch"] + 1)
         row["eval_top1"] = float(evaluation["eval_top1"]) if evaluation else None
         rows.append(row)
     return rows

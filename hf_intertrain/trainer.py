@@ -158,18 +158,7 @@ class InterTrainTrainer(Trainer):
         )
 
         # Tracker, sampler and recorder
-        self.tracker = AmenabilityTracker(
-            len(train_dataset),
-            selective=args.selective_interpolation,
-            regions=args.regions,
-            max_group_size=args.max_group_size,
-            four_way_selection=args.four_way_selection,
-            threshold_average=args.threshold_average,
-            region1_rule=args.region1_rule,
-            region3_rule=args.region3_rule,
-            region3_increases=args.region3_increases,
-            region3_epochs=args.region3_epochs,
-        )
+        self.tracker = AmenabilityTracker(len(train_dataset), rules=args.tracker_rules())
         if args.data_selection != "none":
             if args.max_steps > 0:
                 raise ValueError(

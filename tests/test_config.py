@@ -61,3 +61,18 @@ def test_every_setting_is_declared_once_and_its_roles_derive_the_lists_that_need
     assert (args.mixup_alpha, args.split_propagation, args.data_pipeline) == (0.4, False, "workers")
     with pytest.raises(SystemExit):
         HfArgumentParser(InterTrainArguments).parse_args_into_dataclasses(["--output_dir", "x", "--mixup_mode", "row"])
+
+
+def test_tracker_rules_come_from_the_flags_and_the_rule_choices_from_the_tracker_tables(tmp_path):
+    from dataclasses import fields
+
+    from hf_intertrain.method.tracker import TrackerRules
+    from hf_intertrain.method.tracker.decision import REGION1_RULES, REGION3_RULES
+
+    args = arguments(tmp_path, selective_interpolation=True, amenability_regions="1", region1_rule="avg_loss", threshold_average="ema")
+    assert args.tracker_rules() == TrackerRules(regions=(1,), region1_rule="avg_loss", threshold_average="ema")
+    assert arguments(tmp_path, four_way="randpatch4").tracker_rules().max_group_size == 4
+    flags = {f.name: f.metadata for f in fields(InterTrainArguments)}
+    for name, table in (("region1_rule", REGION1_RULES), ("region3_rule", REGION3_RULES)):
+        assert flags[name]["choices"] == list(table)
+        assert all(f"'{choice}' ({rule.description})" in flags[name]["help"] for choice, rule in table.items())

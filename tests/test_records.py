@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_intertrain.method.records import RECORD_FLUSH_EVERY, LossRecorder, PlanCounts, epoch_statistics
+from hf_intertrain.method.records import RECORD_FLUSH_EVERY, LossRecorder
 from hf_intertrain.method.tracker import AmenabilityTracker
+from hf_intertrain.method.tracker.summary import PlanCounts, epoch_statistics
 
 NUM_SAMPLES = 8
 

@@ -7,7 +7,7 @@ import pytest
 from accelerate.data_loader import SeedableRandomSampler
 
 from hf_intertrain.method.sampler import InterTrainBatchSampler
-from hf_intertrain.method.tracker import REGION_1, REGION_3, AmenabilityTracker
+from hf_intertrain.method.tracker import REGION_1, REGION_3, AmenabilityTracker, TrackerRules
 
 
 def tracker_with_s_int(num_samples: int, s_int: list[int]) -> AmenabilityTracker:
@@ -166,7 +166,7 @@ def test_interpolate_false_ignores_the_tracker():
 
 
 def test_naive_tracker_pairs_everything():
-    tracker = AmenabilityTracker(11, selective=False)
+    tracker = AmenabilityTracker(11, rules=TrackerRules(selective=False))
     sampler = InterTrainBatchSampler(tracker, batch_size=2)
     assert sampler.num_pairs == 5 and sampler.num_items == 6 and len(sampler) == 3
     assert sorted(samples_seen(list(sampler))) == list(range(11))
@@ -237,7 +237,7 @@ def test_skip_without_s_int_draws_the_same_plan_as_interpolation():
 
 def test_skip_trains_everything_when_s_int_holds_every_sample():
     # Skipping all of S_int would give an epoch without items, which ends a Trainer run.
-    sampler = InterTrainBatchSampler(AmenabilityTracker(9, selective=False), batch_size=4, amenable_action="skip")
+    sampler = InterTrainBatchSampler(AmenabilityTracker(9, rules=TrackerRules(selective=False)), batch_size=4, amenable_action="skip")
     assert sampler.num_skipped == 0 and sampler.num_pairs == 0
     assert sorted(samples_seen(list(sampler))) == list(range(9))
 
@@ -251,10 +251,10 @@ def test_invalid_amenable_action_raises():
 # 4-way composites
 def tracker_with_quads(num_samples: int, pairs: list[int], quads: list[int]) -> AmenabilityTracker:
     """A tracker (max_group_size=4) whose S_int is `pairs + quads`, `quads` marked for 4-way composites."""
-    state = AmenabilityTracker(num_samples, max_group_size=4).state_dict()
+    state = AmenabilityTracker(num_samples, rules=TrackerRules(max_group_size=4)).state_dict()
     state["reason"][pairs + quads] = 1
     state["in_four_way"][quads] = True
-    tracker = AmenabilityTracker(num_samples, max_group_size=4)
+    tracker = AmenabilityTracker(num_samples, rules=TrackerRules(max_group_size=4))
     tracker.load_state_dict(state)
     return tracker
 
@@ -295,8 +295,8 @@ def test_quad_plan_is_deterministic_and_differs_across_epochs():
 def test_unmarked_four_way_tracker_draws_the_pair_only_plan():
     pairs_only = InterTrainBatchSampler(tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]), batch_size=4, seed=3)
     state = tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]).state_dict()
-    four_way_tracker = AmenabilityTracker(23, max_group_size=4)
-    four_way_tracker.load_state_dict({**state, "max_group_size": np.array([4])})
+    four_way_tracker = AmenabilityTracker(23, rules=TrackerRules(max_group_size=4))
+    four_way_tracker.load_state_dict({**state, "rules": four_way_tracker.state_dict()["rules"]})
     four_way = InterTrainBatchSampler(four_way_tracker, batch_size=4, seed=3)
     for epoch in (2, 3):
         pairs_only.set_epoch(epoch)

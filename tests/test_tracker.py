@@ -2,12 +2,15 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from hf_intertrain.method.tracker import NAIVE, NOT_INTERPOLATED, REGION_1, REGION_3, AmenabilityTracker, EpochSummary
+from hf_intertrain.method.tracker import (
+    NAIVE, NOT_INTERPOLATED, REGION_1, REGION_3, AmenabilityTracker, EpochSummary, TrackerRules,
+)
 
 # Epoch 0 table used by most tests: samples 0-3 correct with loss 1.0, samples 4-7 incorrect
 # with loss 3.0, so after it L_corr = 1.0, L_incorr = 3.0, L_mid = 2.0.
@@ -24,9 +27,29 @@ def run_epoch(tracker: AmenabilityTracker, losses, correct) -> EpochSummary:
 
 def tracker_after_epoch0(**kwargs) -> AmenabilityTracker:
     """A tracker in epoch 1 whose averages are L_corr=1, L_incorr=3, L_mid=2."""
-    tracker = AmenabilityTracker(N, **kwargs)
+    tracker = AmenabilityTracker(N, rules=TrackerRules(**kwargs))
     run_epoch(tracker, LOSS0, CORRECT0)
     return tracker
+
+
+def int_code_state(tracker: AmenabilityTracker) -> dict[str, np.ndarray]:
+    """The tracker's state as saved before the rules were one entry: a setting per entry, the choices as int codes."""
+    state = tracker.state_dict()
+    rules = TrackerRules.from_dict(json.loads(state.pop("rules").tobytes()))
+    codes = {
+        "threshold_average": ("pooled", "epoch_mean", "ema", "last_epoch"),
+        "region1_rule": ("l_mid", "accuracy", "avg_loss"),
+        "region3_rule": ("increase", "l_incorr"),
+    }
+    settings = {
+        "selective": np.array([rules.selective]),
+        "regions": np.array(rules.regions, dtype=np.int64),
+        "max_group_size": np.array([rules.max_group_size], dtype=np.int64),
+        **{key: np.array([names.index(getattr(rules, key))], dtype=np.int64) for key, names in codes.items()},
+        "region3_increases": np.array([rules.region3_increases], dtype=np.int64),
+        "region3_epochs": np.array([rules.region3_epochs], dtype=np.int64),
+    }
+    return {**settings, **state}
 
 
 def test_averages_after_epoch0_are_the_class_means():
@@ -188,7 +211,7 @@ def test_regions_1_only_never_admits_region3():
 
 
 def test_naive_mode_interpolates_everyone_every_epoch():
-    tracker = AmenabilityTracker(N, selective=False)
+    tracker = AmenabilityTracker(N, rules=TrackerRules(selective=False))
     assert tracker.interpolated.all()
     for _ in range(3):
         summary = run_epoch(tracker, LOSS0, CORRECT0)
@@ -269,7 +292,8 @@ def test_record_validates_shapes_and_indices():
 )
 def test_invalid_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        AmenabilityTracker(**kwargs)
+        num_samples, rules = kwargs["num_samples"], {k: v for k, v in kwargs.items() if k != "num_samples"}
+        AmenabilityTracker(num_samples, rules=TrackerRules(**rules))
 
 
 def test_state_dict_roundtrip_gives_identical_decisions(tmp_path):
@@ -297,9 +321,9 @@ def test_mismatched_load_is_refused():
     with pytest.raises(ValueError, match="num_samples=8"):
         AmenabilityTracker(9).load_state_dict(state)
     with pytest.raises(ValueError, match="regions"):
-        AmenabilityTracker(N, regions=(1,)).load_state_dict(state)
+        AmenabilityTracker(N, rules=TrackerRules(regions=(1,))).load_state_dict(state)
     with pytest.raises(ValueError, match="selective"):
-        AmenabilityTracker(N, selective=False).load_state_dict(state)
+        AmenabilityTracker(N, rules=TrackerRules(selective=False)).load_state_dict(state)
     del state["reason"]
     with pytest.raises(ValueError, match="missing"):
         AmenabilityTracker(N).load_state_dict(state)
@@ -441,12 +465,12 @@ def test_four_way_state_roundtrip_and_refusals():
     run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     run_epoch(tracker, [0.5, 1.5, 2.5, 0.9, 3.0, 3.0, 3.0, 3.0], CORRECT0)
     state = tracker.state_dict()
-    restored = AmenabilityTracker(N, max_group_size=4)
+    restored = AmenabilityTracker(N, rules=TrackerRules(max_group_size=4))
     restored.load_state_dict(state)
     assert restored.s_int_four_way_indices().tolist() == [0, 3]
     with pytest.raises(ValueError, match="max_group_size=4 but this tracker has 2"):
         AmenabilityTracker(N).load_state_dict(state)
-    old = {k: v for k, v in AmenabilityTracker(N).state_dict().items() if k not in ("max_group_size", "in_four_way")}
+    old = {k: v for k, v in int_code_state(AmenabilityTracker(N)).items() if k not in ("max_group_size", "in_four_way")}
     AmenabilityTracker(N).load_state_dict(old)  # Saved before 4-way composites existed.
 
 
@@ -456,7 +480,7 @@ def test_four_way_state_roundtrip_and_refusals():
 )
 def test_invalid_group_size_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        AmenabilityTracker(N, **kwargs)
+        AmenabilityTracker(N, rules=TrackerRules(**kwargs))
 
 
 def test_region1_four_way_selection_groups_every_region1_member_on_its_second_epoch():
@@ -467,14 +491,14 @@ def test_region1_four_way_selection_groups_every_region1_member_on_its_second_ep
     assert robust.s_int_four_way_indices().tolist() == [0, 3]
     assert region1.s_int_four_way_indices().tolist() == [0, 1, 3]  # 1.5 < L_mid suffices
     with pytest.raises(ValueError, match="four_way_selection must be one of"):
-        AmenabilityTracker(N, max_group_size=4, four_way_selection="all")
+        AmenabilityTracker(N, rules=TrackerRules(max_group_size=4, four_way_selection="all"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Threshold averages: pooled, epoch_mean, ema, last_epoch
 def three_epochs_of_different_sizes(kind: str) -> AmenabilityTracker:
     """Epoch 0: 4 correct at 1, 2 incorrect at 4. Epoch 1: one correct at 3, one incorrect at 10. Epoch 2: one correct at 5."""
-    tracker = AmenabilityTracker(6, regions=(1,), threshold_average=kind)
+    tracker = AmenabilityTracker(6, rules=TrackerRules(regions=(1,), threshold_average=kind))
     run_epoch(tracker, [1.0] * 4 + [4.0] * 2, [True] * 4 + [False] * 2)
     tracker.record(np.array([0, 4]), np.array([3.0, 10.0]), np.array([True, False]))
     tracker.end_epoch()
@@ -504,10 +528,10 @@ def test_threshold_averages_by_hand():
 
 
 def test_ema_uses_the_fixed_decay_and_the_first_epoch_initialises_it():
-    from hf_intertrain.method.tracker import EMA_DECAY
+    from hf_intertrain.method.thresholds import EMA_DECAY
 
     assert EMA_DECAY == 0.5
-    tracker = AmenabilityTracker(2, regions=(1,), threshold_average="ema")  # Both samples stay in S_noInt.
+    tracker = AmenabilityTracker(2, rules=TrackerRules(regions=(1,), threshold_average="ema"))  # Both samples stay in S_noInt.
     means = [(1.0, 4.0), (3.0, 10.0), (2.0, 6.0)]
     ema = None
     for l_corr, l_incorr in means:
@@ -529,7 +553,7 @@ def test_decision_uses_the_configured_threshold_average():
 
 
 def test_pooled_is_the_default_threshold_average():
-    assert AmenabilityTracker(N).threshold_average == "pooled"
+    assert AmenabilityTracker(N).rules.threshold_average == "pooled"
     tracker = three_epochs_of_different_sizes("pooled")
     assert tracker.averages() == pytest.approx((2.0, 6.0, 4.0))
 
@@ -561,7 +585,7 @@ def test_summary_diagnostics_are_nan_without_l_mid_or_records():
     assert (summary.admitted_region_1, summary.admitted_region_3, summary.left_s_int) == (0, 0, 0)
     summary = run_epoch(tracker, [0.5] * N, [True] * N)  # L_mid defined, but no incorrect record.
     assert summary.correct_below_l_mid == 1.0 and math.isnan(summary.incorrect_below_l_mid)
-    naive = AmenabilityTracker(N, selective=False)
+    naive = AmenabilityTracker(N, rules=TrackerRules(selective=False))
     for _ in range(2):
         summary = run_epoch(naive, LOSS0, CORRECT0)
     assert math.isnan(summary.correct_below_l_mid) and summary.left_s_int == 0
@@ -591,7 +615,7 @@ def test_avg_loss_region1_uses_the_average_of_all_noint_losses():
     losses1 = [1.7, 1.2, 1.0] + [2.5] * 5
     trackers = {}
     for rule in ("avg_loss", "l_mid"):
-        tracker = AmenabilityTracker(N, regions=(1,), region1_rule=rule)
+        tracker = AmenabilityTracker(N, rules=TrackerRules(regions=(1,), region1_rule=rule))
         run_epoch(tracker, [1.0] * 6 + [3.0] * 2, correct0)  # L_corr 1, L_incorr 3, L_mid 2, L_avg 1.5.
         summary = run_epoch(tracker, losses1, correct0)
         assert summary.l_avg == 1.5 and summary.l_mid == 2.0
@@ -607,7 +631,7 @@ def test_avg_loss_region1_uses_the_average_of_all_noint_losses():
 
 def test_l_incorr_region3_admits_without_the_increase_test():
     for rule, expected in (("increase", []), ("l_incorr", [7])):
-        tracker = AmenabilityTracker(N, region3_rule=rule)
+        tracker = AmenabilityTracker(N, rules=TrackerRules(region3_rule=rule))
         run_epoch(tracker, [1.0] * 4 + [3.0] * 3 + [9.0], CORRECT0)  # L_incorr = 4.5, L_mid = 2.75.
         run_epoch(tracker, [3.0] * 7 + [8.0], CORRECT0)  # Sample 7: Region 3 but 9 -> 8 decreased.
         assert tracker.s_int_indices().tolist() == expected, rule
@@ -661,7 +685,7 @@ def test_s_int_indices_by_reason():
     assert tracker.s_int_indices(REGION_1).tolist() == [0]
     assert tracker.s_int_indices(reason=REGION_3).tolist() == [4]
     assert tracker.s_int_indices(reason=NAIVE).size == 0
-    assert AmenabilityTracker(3, selective=False).s_int_indices(reason=NAIVE).tolist() == [0, 1, 2]
+    assert AmenabilityTracker(3, rules=TrackerRules(selective=False)).s_int_indices(reason=NAIVE).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="reason must be one of"):
         tracker.s_int_indices(reason=NOT_INTERPOLATED)
 
@@ -686,7 +710,7 @@ def test_s_int_indices_by_reason():
 )
 def test_invalid_threshold_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        AmenabilityTracker(N, **kwargs)
+        AmenabilityTracker(N, rules=TrackerRules(**kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -715,13 +739,13 @@ def test_threshold_settings_state_roundtrip(tmp_path, kwargs):
 
     rng = np.random.default_rng(0)
     n = 40
-    tracker = AmenabilityTracker(n, **kwargs)
+    tracker = AmenabilityTracker(n, rules=TrackerRules(**kwargs))
     for _ in range(4):
         losses = rng.gamma(2.0, 1.0, n)
         tracker.record(np.arange(n), losses, losses < 2.0)
         tracker.end_epoch()
     save_file(tracker.state_dict(), tmp_path / "tracker.safetensors")
-    resumed = AmenabilityTracker(n, **kwargs)
+    resumed = AmenabilityTracker(n, rules=TrackerRules(**kwargs))
     resumed.load_state_dict(load_file(tmp_path / "tracker.safetensors"))
     np.testing.assert_array_equal(resumed.increases, tracker.increases)
     for _ in range(3):
@@ -744,7 +768,7 @@ def test_state_saved_before_threshold_settings_loads_as_pooled():
         "threshold_average", "region1_rule", "region3_rule", "region3_increases", "region3_epochs",
         "epoch_mean_sum", "epoch_mean_count", "ema_mean", "last_epoch_mean", "increases", "region3_left",
     }
-    old = {k: v for k, v in tracker.state_dict().items() if k not in new_keys}
+    old = {k: v for k, v in int_code_state(tracker).items() if k not in new_keys}
     resumed = AmenabilityTracker(N)
     resumed.load_state_dict(old)
     assert resumed.s_int_indices(reason=REGION_3).tolist() == [1, 4]
@@ -753,17 +777,18 @@ def test_state_saved_before_threshold_settings_loads_as_pooled():
     np.testing.assert_array_equal(resumed.reason, tracker.reason)  # Region-3 members 1 and 4 returned.
     assert resumed.averages() == tracker.averages()
     with pytest.raises(ValueError, match="threshold_average='pooled' but this tracker has 'ema'"):
-        AmenabilityTracker(N, threshold_average="ema").load_state_dict(old)
+        AmenabilityTracker(N, rules=TrackerRules(threshold_average="ema")).load_state_dict(old)
 
 
 def test_mismatched_threshold_average_is_refused():
-    state = AmenabilityTracker(N, threshold_average="ema").state_dict()
+    state = AmenabilityTracker(N, rules=TrackerRules(threshold_average="ema")).state_dict()
     with pytest.raises(ValueError, match="threshold_average='ema' but this tracker has 'pooled'; resume with the same threshold_average"):
         AmenabilityTracker(N).load_state_dict(state)
+    state = int_code_state(AmenabilityTracker(N, rules=TrackerRules(threshold_average="ema")))
     state["threshold_average"] = np.array([9])
     with pytest.raises(ValueError, match="corrupt"):
-        AmenabilityTracker(N, threshold_average="ema").load_state_dict(state)
-    state = AmenabilityTracker(N, region3_increases=2).state_dict()
+        AmenabilityTracker(N, rules=TrackerRules(threshold_average="ema")).load_state_dict(state)
+    state = AmenabilityTracker(N, rules=TrackerRules(region3_increases=2)).state_dict()
     with pytest.raises(ValueError, match="region3_increases=2 but this tracker has 1"):
         AmenabilityTracker(N).load_state_dict(state)
 
@@ -784,10 +809,69 @@ def test_adaptive_ratio_is_bounded_and_symmetric():
 
 
 def test_a_state_saved_under_the_older_in_quads_name_loads():
-    saved = AmenabilityTracker(6, max_group_size=4).state_dict()
+    saved = int_code_state(AmenabilityTracker(6, rules=TrackerRules(max_group_size=4)))
     saved["reason"][:4] = 1
     saved["in_four_way"][:4] = True
     saved["in_quads"] = saved.pop("in_four_way")
-    tracker = AmenabilityTracker(6, max_group_size=4)
+    tracker = AmenabilityTracker(6, rules=TrackerRules(max_group_size=4))
     tracker.load_state_dict(saved)
     assert tracker.s_int_four_way_indices().tolist() == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: one checked object, saved once
+def test_rules_are_normalised_and_round_trip_through_json():
+    rules = TrackerRules(regions=[3, 1], max_group_size=np.int64(4), region3_increases=np.int64(1))
+    assert rules.regions == (1, 3) and type(rules.max_group_size) is int
+    assert TrackerRules.from_dict(json.loads(json.dumps(rules.to_dict()))) == rules
+    assert TrackerRules.from_dict({"region1_rule": "accuracy"}) == TrackerRules(region1_rule="accuracy")  # absent: default
+
+
+def test_state_holds_the_rules_once_as_json():
+    rules = TrackerRules(regions=(1,), threshold_average="ema", region1_rule="avg_loss")
+    state = AmenabilityTracker(N, rules=rules).state_dict()
+    assert state["rules"].dtype == np.uint8 and TrackerRules.from_dict(json.loads(state["rules"].tobytes())) == rules
+    assert not {"selective", "regions", "max_group_size", "threshold_average", "region1_rule"} & set(state)
+
+
+def test_a_differing_rule_is_named_and_corrupt_rules_are_refused():
+    state = AmenabilityTracker(N, rules=TrackerRules(max_group_size=4, four_way_selection="region1")).state_dict()
+    with pytest.raises(ValueError, match="four_way_selection='region1' but this tracker has 'robust'; resume with the same four_way_selection"):
+        AmenabilityTracker(N, rules=TrackerRules(max_group_size=4)).load_state_dict(state)
+    state["rules"] = np.frombuffer(b'{"region1_rule": "loss"}', dtype=np.uint8)
+    with pytest.raises(ValueError, match="'rules' holds no valid TrackerRules.*corrupt"):
+        AmenabilityTracker(N).load_state_dict(state)
+    state["rules"] = np.frombuffer(b"\xff{", dtype=np.uint8)
+    with pytest.raises(ValueError, match="corrupt"):
+        AmenabilityTracker(N).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"selective": False}, {"max_group_size": 4}, {"region1_rule": "accuracy", "threshold_average": "ema"}, {"region3_increases": 2, "regions": (3,)}],
+)
+def test_a_state_with_int_codes_loads_with_identical_decisions(kwargs):
+    tracker = tracker_after_epoch0(**kwargs)
+    run_epoch(tracker, [0.5, 0.5, 1.5, 1.5, 3.5, 3.0, 3.0, 3.0], CORRECT0)
+    resumed = AmenabilityTracker(N, rules=TrackerRules(**kwargs))
+    resumed.load_state_dict(int_code_state(tracker))
+    for losses in ([0.5, 1.5, 2.5, 0.9, 3.0, 4.0, 3.0, 3.0], [0.1] * 4 + [3.5] * 4):
+        assert_same_summary(run_epoch(resumed, losses, CORRECT0), run_epoch(tracker, losses, CORRECT0))
+        np.testing.assert_array_equal(resumed.reason, tracker.reason)
+        np.testing.assert_array_equal(resumed.in_four_way, tracker.in_four_way)
+
+
+def test_a_state_with_int_codes_loads_under_either_four_way_selection():
+    saved = int_code_state(AmenabilityTracker(N, rules=TrackerRules(max_group_size=4)))  # four_way_selection not saved
+    AmenabilityTracker(N, rules=TrackerRules(max_group_size=4, four_way_selection="region1")).load_state_dict(saved)
+
+
+def test_a_region1_rule_is_a_function_and_a_table_entry(monkeypatch):
+    from hf_intertrain.method.tracker.decision import REGION1_RULES, Rule
+
+    with pytest.raises(ValueError, match="region1_rule must be one of"):
+        TrackerRules(region1_rule="everyone")
+    monkeypatch.setitem(REGION1_RULES, "everyone", Rule(lambda records, thresholds: records.recorded, "every recorded sample"))
+    tracker = tracker_after_epoch0(region1_rule="everyone")
+    run_epoch(tracker, [2.5] * N, CORRECT0)
+    assert tracker.s_int_indices(reason=REGION_1).tolist() == list(range(N))

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..checkpoint import RESUME_SETTINGS
 from ..config import DataArguments, InterTrainArguments, ModelArguments
+from ..method.tracker.summary import REGION_COUNTS
 from .run import RunReport
 from .significance import outcome, paired_bootstrap
 from .variants import REFERENCE, VARIANTS
@@ -384,7 +385,7 @@ def plot_comparison(comparison: dict[str, Any], path: str) -> None:
         epochs = run["epochs"]
         n = max(run.get("num_train_samples") or 1, 1)
         x = [e["epoch"] for e in epochs]
-        stacks = [[e.get(f"region_{r}", 0) / n for e in epochs] for r in (1, 2, 3)]
+        stacks = [[e.get(key, 0) / n for e in epochs] for key in REGION_COUNTS]
         if x:
             ax.stackplot(x, *stacks, colors=region_colors, alpha=0.6, labels=["Region 1", "Region 2", "Region 3"])
             ax.plot(x, [e["approximated_fraction"] for e in epochs], color="black", marker=".", label="approximated")

@@ -36,6 +36,7 @@ from ..launch import check_processes_share_work
 from .significance import pack_correct, unpack_correct
 from ..metrics import build_compute_metrics
 from ..method.split import feature_grid
+from ..method.tracker.summary import joined_epochs
 from ..trainer import InterTrainTrainer
 
 logger = logging.getLogger(__name__)
@@ -296,20 +297,14 @@ def build_report(
     trainer: InterTrainTrainer, train_metrics: dict, eval_metrics: dict, correct: np.ndarray | None = None
 ) -> RunReport:
     """Per-epoch statistics joined with the evaluation that followed each epoch."""
-    evals = {}
-    for entry in trainer.state.log_history:
-        if "eval_top1" in entry and "epoch" in entry:
-            evals[round(entry["epoch"])] = entry
     epochs = []
     elapsed = 0.0
-    for stats in trainer.intertrain_history:
-        epoch = int(stats["epoch"])
-        elapsed += stats["intertrain/epoch_seconds"]
-        row = {key.removeprefix("intertrain/"): value for key, value in stats.items()}
+    for row, evaluation in joined_epochs(trainer.intertrain_history, trainer.state.log_history):
+        elapsed += row["epoch_seconds"]
         row["cumulative_train_seconds"] = elapsed
-        if epoch + 1 in evals:
-            row["eval_top1"] = evals[epoch + 1]["eval_top1"]
-            row["eval_loss"] = evals[epoch + 1].get("eval_loss")
+        if evaluation is not None:
+            row["eval_top1"] = evaluation["eval_top1"]
+            row["eval_loss"] = evaluation.get("eval_loss")
         epochs.append(row)
     return RunReport(
         interpolation=trainer.args.interpolation,

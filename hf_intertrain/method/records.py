@@ -1,4 +1,4 @@
-"""Constituent records on their way to the `AmenabilityTracker`, and the statistics of a closed epoch.
+"""Constituent records on their way to the `AmenabilityTracker`.
 
 Every training step yields each constituent's loss and correctness (docs/method.md, "Loss"). `LossRecorder` keeps
 them on the training device and hands them to the tracker in chunks, so a step costs no host sync. In a
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .tracker import EPOCH_BUFFER_KEYS, AmenabilityTracker, EpochSummary
+from .tracker.summary import PlanCounts, epoch_statistics  # noqa: F401 (re-exported: the statistics of a closed epoch)
 
 logger = logging.getLogger(__name__)
 
@@ -173,73 +174,3 @@ class LossRecorder:
             nonfinite_losses = 0
         self.tracker.load_state_dict(state)
         self.nonfinite_losses = int(nonfinite_losses)
-
-
-class PlanCounts(NamedTuple):
-    """How an epoch's plan grouped the N samples: items + pairs + 3 * four_way + skipped == num_samples
-    (`four_way`: 4-way composites)."""
-
-    num_samples: int
-    items: int
-    pairs: int
-    four_way: int
-    skipped: int
-
-    @classmethod
-    def of(cls, sampler: Any) -> PlanCounts:
-        """The counts of an `InterTrainBatchSampler`'s current epoch."""
-        num_samples = sampler.tracker.num_samples
-        return cls(num_samples, sampler.num_items, sampler.num_pairs, sampler.num_four_way, sampler.num_skipped)
-
-    def trained(self, update_steps_done: int, items_per_update_step: int) -> PlanCounts:
-        """The counts of what was actually trained when the run stopped mid-epoch (`max_steps`, as the
-        budget-matched baseline does): items beyond the last optimizer step count as skipped, so that
-        `items` (and the ideal speed-up built from it) is what the run really trained."""
-        trained = min(self.items, max(0, update_steps_done) * items_per_update_step)
-        if trained == self.items:
-            return self
-        return self._replace(items=trained, skipped=self.skipped + self.items - trained)
-
-
-def epoch_statistics(
-    summary: EpochSummary, plan: PlanCounts, nonfinite_losses: int, seconds: float, four_way: bool = False
-) -> dict[str, float]:
-    """The `intertrain/*` statistics of a closed epoch, as the trainer logs them.
-
-    `interpolated_fraction` (samples in a pair or a 4-way composite, over N), `items`, `pairs`, `skipped` (items +
-    pairs + skipped == N without composites; skipped is 0 unless `amenable_action="skip"`), `region_1..3`,
-    `next_interpolated` (members of S_int next epoch), `nonfinite_losses`, `epoch_seconds` (training time of the
-    epoch on this process, evaluation excluded), and the threshold diagnostics of docs/method.md, "Thresholds":
-    `l_corr`, `l_incorr`, `l_mid` (the thresholds that judged the epoch, NaN while undefined), the paper's Fig. 5
-    efficacy over the epoch's non-interpolated records (`correct_below_l_mid`, `incorrect_below_l_mid`: fractions of
-    the correct / incorrect ones below L_mid), the samples admitted to S_int through Region 1 and Region 3
-    (`admitted_region_1`, `admitted_region_3`, Fig. 6) and the members leaving it (`left_s_int`, Fig. 8a). With `four_way` also `four_way_composites` (items + pairs +
-    3 * four_way_composites + skipped == N), `constituents_per_item` and `next_four_way`. All but the seconds are the same
-    on every process of a distributed run.
-    """
-    num_samples = plan.num_samples
-    stats = {
-        "intertrain/interpolated_fraction": (2 * plan.pairs + 4 * plan.four_way) / num_samples,
-        "intertrain/items": float(plan.items),
-        "intertrain/pairs": float(plan.pairs),
-        "intertrain/skipped": float(plan.skipped),
-        "intertrain/region_1": float(summary.region_1),
-        "intertrain/region_2": float(summary.region_2),
-        "intertrain/region_3": float(summary.region_3),
-        "intertrain/next_interpolated": float(summary.next_interpolated),
-        "intertrain/nonfinite_losses": float(nonfinite_losses),
-        "intertrain/epoch_seconds": float(seconds),
-        "intertrain/l_corr": float(summary.l_corr),
-        "intertrain/l_incorr": float(summary.l_incorr),
-        "intertrain/l_mid": float(summary.l_mid),
-        "intertrain/correct_below_l_mid": float(summary.correct_below_l_mid),
-        "intertrain/incorrect_below_l_mid": float(summary.incorrect_below_l_mid),
-        "intertrain/admitted_region_1": float(summary.admitted_region_1),
-        "intertrain/admitted_region_3": float(summary.admitted_region_3),
-        "intertrain/left_s_int": float(summary.left_s_int),
-    }
-    if four_way:
-        stats["intertrain/four_way_composites"] = float(plan.four_way)
-        stats["intertrain/constituents_per_item"] = (num_samples - plan.skipped) / max(1, plan.items)
-        stats["intertrain/next_four_way"] = float(summary.next_four_way)
-    return stats

@@ -57,7 +57,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
     The plan is computed lazily by `set_epoch`, `__len__` or `__iter__` and cached until the
     epoch or the tracker's `revision` changes.
 
-    4-way composites (a tracker with `max_group_size=4`): the members the tracker marks for them
+    4-way composites (a tracker with `TrackerRules(max_group_size=4)`): the members the tracker marks for them
     are drawn first, with one `randperm` over them (only when there are any), and cut into
     groups of four; a remainder of 1-3 joins the members to pair, which are then paired as
     above (sorted, then one `randperm`). Items are ordered 4-way composites, pairs, the odd

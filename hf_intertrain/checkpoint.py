@@ -4,21 +4,39 @@ A run resumed from a checkpoint must continue the same InterTrain run: the same 
 settings (`RESUME_SETTINGS`), and from a mid-epoch checkpoint also the same batches for the rest of the epoch
 (`plan_layout`). `load_state` refuses anything else with a message naming the first difference (docs/method.md,
 "Distributed training and resume"). No pickle: safetensors and JSON only.
+
+A checkpoint is written whole or not at all: the trainer writes it into `STAGING_DIR_NAME`, then `publish_checkpoint`
+renames it to `checkpoint-N`; `last_complete_checkpoint` is what `--resume_from_checkpoint last` resumes from
+(docs/method.md, "Distributed training and resume").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from .config import MID_EPOCH, RESUME, settings_with
 
 INTERTRAIN_STATE_NAME = "intertrain_state.safetensors"
 INTERTRAIN_META_NAME = "intertrain_state.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+"""The file `Trainer._save_checkpoint` writes last (transformers' name): a checkpoint folder without it is
+incomplete."""
+
+STAGING_DIR_NAME = "_checkpoint_staging"
+"""The folder of `output_dir` a checkpoint is written into before it is renamed: no `checkpoint-*` name, so that
+neither `get_last_checkpoint` nor the `save_total_limit` rotation sees it, and a leading `_`, so that hub uploads of
+`output_dir` skip it. Whatever a killed run left there is removed by the next save."""
+
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+"""The checkpoint folder names of transformers' `get_last_checkpoint` (`checkpoint-N`, N the global step)."""
 
 RESUME_SETTINGS: tuple[str, ...] = settings_with(RESUME)
 """The `InterTrainArguments` fields a resumed run must share with its checkpoint (the `RESUME` role of their
@@ -145,3 +163,117 @@ def refuse_differences(
                 f"checkpoint {checkpoint_dir} was made with {key}={value!r} but this run has "
                 f"{key}={current.get(key)!r}: {fix}"
             )
+
+
+def is_complete(checkpoint_dir: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder was written to the end: it holds `trainer_state.json`, the Trainer's last file.
+
+    InterTrainTrainer writes its own state before the Trainer's, so a folder with `trainer_state.json` but no
+    `intertrain_state.json` was made by another trainer: complete, and refused by `load_state` with its own message.
+    """
+    return os.path.isfile(os.path.join(checkpoint_dir, TRAINER_STATE_NAME))
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> tuple[str | None, list[str]]:
+    """The newest complete `checkpoint-N` folder of `folder` (None if there is none), and the names of the newer
+    incomplete ones passed over, newest first.
+
+    A run killed while an earlier version of InterTrainTrainer (or the plain Trainer) was saving leaves a newest
+    folder without `trainer_state.json`, which `get_last_checkpoint` would pick; the folders are left in place for the
+    user to inspect. Every process of a launch resolves the same folder: it reads the listing only, and no checkpoint
+    appears before all processes have reached a save (its rename follows a barrier).
+    """
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return None, []
+    steps = {name: int(match.group(1)) for name in names if (match := CHECKPOINT_NAME.match(name))}
+    skipped = []
+    for name in sorted(steps, key=steps.get, reverse=True):
+        path = os.path.join(folder, name)
+        if not os.path.isdir(path):
+            continue
+        if is_complete(path):
+            return path, skipped
+        skipped.append(name)
+    return None, skipped
+
+
+def rotate_checkpoints(run_dir: str | os.PathLike, save_total_limit: int | None, keep: list[str | None]) -> None:
+    """Delete the oldest complete checkpoints of `run_dir` beyond `save_total_limit`, never the newest nor one of
+    `keep` (the checkpoint just written, the best one).
+
+    transformers' `rotate_checkpoints` orders by mtime (by step where mtimes are too close to tell) and keeps the
+    last in that order: an incomplete folder, or a newer-numbered one an earlier run left, could be that last while
+    the checkpoint just written is deleted. Here the same rule applies to complete checkpoints only and `keep` is
+    kept too, so the last complete checkpoint always survives; incomplete folders are neither counted nor deleted
+    (`last` names them).
+    """
+    if save_total_limit is None or save_total_limit <= 0:
+        return
+    complete = [
+        path
+        for path in sort_checkpoints(str(run_dir), use_mtime=True)
+        if CHECKPOINT_NAME.match(os.path.basename(path)) and is_complete(path)
+    ]
+    protected = {os.path.normpath(path) for path in [*keep, *complete[-1:]] if path is not None}
+    remaining = len(complete)
+    for path in complete:
+        if remaining <= save_total_limit:
+            break
+        if os.path.normpath(path) not in protected:
+            shutil.rmtree(path, ignore_errors=True)
+            remaining -= 1
+
+
+def staging_dir(run_dir: str | os.PathLike) -> str:
+    """Where the trainer writes the checkpoints of `run_dir` before `publish_checkpoint` renames them."""
+    return os.path.join(run_dir, STAGING_DIR_NAME)
+
+
+def clear_staging(run_dir: str | os.PathLike) -> None:
+    """Remove what a killed or failed save left in the staging folder, so that a checkpoint of the same step is
+    written into an empty folder, never on top of a stale one."""
+    shutil.rmtree(staging_dir(run_dir), ignore_errors=True)
+
+
+def publish_checkpoint(staged: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Give a fully written checkpoint folder its final name in one rename.
+
+    Its files are flushed to disk before the rename and the rename after it, so that a crash at any moment leaves
+    either no `final` folder or a complete one. A `final` folder already there (a checkpoint of the same step, from a
+    run resumed from an earlier one) is moved into the staging folder first and removed once replaced. The emptied
+    staging folder goes too.
+    """
+    for root, _, files in os.walk(staged):
+        for name in files:
+            _flush(os.path.join(root, name))
+        _flush(root)
+    replaced = None
+    if os.path.lexists(final):
+        replaced = os.path.join(os.path.dirname(staged), "replaced-" + os.path.basename(final))
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+    os.rename(staged, final)
+    _flush(os.path.dirname(os.path.abspath(final)))
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(staged))  # left only by an interrupted save
+    except OSError:
+        pass
+
+
+def _flush(path: str) -> None:
+    """fsync a file or folder (a folder makes its entries, e.g. a rename, durable); a no-op where the platform cannot
+    open a folder for it (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

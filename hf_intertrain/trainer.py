@@ -7,17 +7,23 @@ tracker turns losses into decisions, the `InterTrainBatchSampler` turns decision
 the Trainer's own loop, logging, checkpoints and distributed launch.
 
 Maintenance note: besides the public hooks (`get_train_dataloader`, `compute_loss`, `floating_point_ops`,
-`create_scheduler`, `create_model_card`), five private Trainer methods are overridden, each calling the parent unchanged: `_run_epoch`
-(re-plans the epoch and passes its real length on, as transformers fixes it from the first dataloader),
-`_init_training_state` (maps a resumed global step to (epoch, step) through the recorded epoch lengths),
-`_save_checkpoint` (adds InterTrain's state), `_save` (makes the folder loadable by timm) and `_prepare_inputs`
-(makes the device pipeline's pixels; `training_step` and `prediction_step` both call it). An `on_epoch_end`
-callback closes the epoch before the parent's `_maybe_log_save_evaluate` (see `_EpochBoundary`).
-Mid-epoch resume relies on the parent's `_run_epoch` skipping `steps_trained_in_current_epoch` batches with
-accelerate's `skip_first_batches` (the skipped batches are not fetched) and restoring the RNG states after the
-first fetched batch; when the whole epoch was trained before the checkpoint, `_end_intertrain_epoch` restores
-them with the parent's `_load_rng_state` instead. Multi-process runs rely on accelerate's `BatchSamplerShard`
-with `even_batches=True`. `tests/test_resume.py` and `tests/test_distributed.py` check all of it.
+`create_scheduler`, `create_model_card`), seven private Trainer methods are overridden, each calling the parent
+unchanged: `_run_epoch` (re-plans the epoch and passes its real length on, as transformers fixes it from the first
+dataloader), `_init_training_state` (maps a resumed global step to (epoch, step) through the recorded epoch lengths),
+`_save_checkpoint` (adds InterTrain's state and makes the checkpoint atomic), `_get_output_dir` and
+`_push_from_checkpoint` (the parent's, except while the parent's `_save_checkpoint` runs: then they point it at the
+staging folder and hold its hub push back until the rename), `_save` (makes the folder loadable by timm) and
+`_prepare_inputs` (makes the device pipeline's pixels; `training_step` and `prediction_step` both call it).
+`_save_checkpoint` redoes two parts of the parent's for the final folder name: its `best_model_checkpoint` rule
+(copied into `_point_best_model_checkpoint_at`) and its closing rotation (`checkpoint.rotate_checkpoints`: the
+parent's `rotate_checkpoints` over complete checkpoints only, always keeping the one just written); compare them with
+the parent's when upgrading transformers. An `on_epoch_end` callback closes the epoch before the parent's
+`_maybe_log_save_evaluate` (see `_EpochBoundary`). Mid-epoch resume relies on the parent's `_run_epoch` skipping
+`steps_trained_in_current_epoch` batches with accelerate's `skip_first_batches` (the skipped batches are not
+fetched) and restoring the RNG states after the first fetched batch; when the whole epoch was trained before the
+checkpoint, `_end_intertrain_epoch` restores them with the parent's `_load_rng_state` instead. Multi-process runs
+rely on accelerate's `BatchSamplerShard` with `even_batches=True`. `tests/test_resume.py`, `tests/test_restarts.py`
+and `tests/test_distributed.py` check all of it.
 """
 
 from __future__ import annotations
@@ -34,9 +40,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, seed_worker
 
-from .checkpoint import intertrain_settings, load_state, plan_layout, save_state, steps_done_in_epoch
+from .checkpoint import (
+    TRAINER_STATE_NAME,
+    clear_staging,
+    intertrain_settings,
+    load_state,
+    plan_layout,
+    publish_checkpoint,
+    rotate_checkpoints,
+    save_state,
+    staging_dir,
+    steps_done_in_epoch,
+)
 from .method.composition import (
     MIXING_STREAM,
     MaskSeeder,
@@ -206,6 +223,7 @@ class InterTrainTrainer(Trainer):
         self._resumed_epoch_seconds = 0.0
         self._rng_state_to_restore: str | None = None
         self._batch_seeded_dataset: BatchSeededDataset | None = None
+        self._staging_run_dir: str | None = None
 
         super().__init__(
             model=model,
@@ -389,15 +407,65 @@ class InterTrainTrainer(Trainer):
         return self._steps_done_in_epoch() == 0
 
     def _save_checkpoint(self, model, trial) -> None:
-        """InterTrain's state, then the parent's checkpoint: a checkpoint with the Trainer's state
-        (`trainer_state.json`, written last) has InterTrain's."""
+        """The parent's checkpoint with InterTrain's state, written whole or not at all (docs/method.md,
+        "Distributed training and resume").
+
+        Every process writes its files (the RNG states too) into `checkpoint.STAGING_DIR_NAME`, where the parent's
+        checkpoint is redirected through `_get_output_dir`; once all have written, the saving process renames the
+        folder to `checkpoint-N`, then pushes it and rotates with `checkpoint.rotate_checkpoints`, which keeps the
+        checkpoint just written. A kill at any moment leaves the previous checkpoints and either no `checkpoint-N`
+        or a complete one.
+        """
         self.recorder.flush()
         state, nonfinite = self.recorder.global_state(self.accelerator, self._at_epoch_boundary())
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(staging_dir(run_dir), name), os.path.join(run_dir, name)
         if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self.save_intertrain_state(output_dir, state, nonfinite)
-        super()._save_checkpoint(model, trial)
+            clear_staging(run_dir)
+        self.accelerator.wait_for_everyone()  # no process writes into the staging folder before it is cleared
+        if self.args.should_save:
+            self.save_intertrain_state(staged, state, nonfinite)
+        self._staging_run_dir = staging_dir(run_dir)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        self._point_best_model_checkpoint_at(run_dir, staged)
+        self.accelerator.wait_for_everyone()  # every process's files are in the staged folder
+        if self.args.should_save:
+            publish_checkpoint(staged, final)
+        self.accelerator.wait_for_everyone()  # the checkpoint has its final name on every process
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(run_dir, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint])
+
+    def _get_output_dir(self, trial) -> str:
+        """The parent's run folder, or the staging folder while `_save_checkpoint` has the parent write into it."""
+        if self._staging_run_dir is not None:
+            return self._staging_run_dir
+        return super()._get_output_dir(trial=trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The parent's push, of the checkpoint under its final name: deferred while the parent saves it staged (an
+        upload runs in the background and must not read a folder that is about to be renamed)."""
+        if self._staging_run_dir is None:
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def _point_best_model_checkpoint_at(self, run_dir: str, staged: str) -> None:
+        """`state.best_model_checkpoint` as the parent sets it, against the final folder names rather than the
+        staging folder it saw; the staged `trainer_state.json` is rewritten when that changed it."""
+        best_step = self.state.best_global_step
+        if self.args.save_strategy not in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) or not best_step:
+            return
+        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+        if best_step != self.state.global_step and not os.path.exists(best):
+            return
+        if best != self.state.best_model_checkpoint:
+            self.state.best_model_checkpoint = best
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
 
     def save_intertrain_state(
         self, output_dir: str, state: dict[str, np.ndarray] | None = None, nonfinite_losses: int | None = None

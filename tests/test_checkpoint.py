@@ -3,9 +3,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
+from transformers.trainer_utils import get_last_checkpoint
 
 from conftest import TINY_TRAINING
 from hf_intertrain import InterTrainArguments
@@ -14,11 +17,17 @@ from hf_intertrain.checkpoint import (
     INTERTRAIN_STATE_NAME,
     MID_EPOCH_SETTINGS,
     RESUME_SETTINGS,
+    STAGING_DIR_NAME,
+    TRAINER_STATE_NAME,
     intertrain_settings,
+    last_complete_checkpoint,
     load_state,
     plan_layout,
+    publish_checkpoint,
+    rotate_checkpoints,
     save_state,
     saved_setting,
+    staging_dir,
     steps_done_in_epoch,
 )
 from hf_intertrain.method.tracker import AmenabilityTracker
@@ -171,3 +180,63 @@ def test_a_resumed_global_step_is_located_in_the_recorded_variable_length_epochs
     assert steps_done_in_epoch("ckpt", 12, 1, lengths) == 6  # saved after epoch 1's last step, before it closed
     with pytest.raises(ValueError, match="global step 17 is not in epoch 2 of the recorded epoch lengths"):
         steps_done_in_epoch("ckpt", 17, 2, lengths)
+
+
+def _checkpoint(folder, step, complete=True, age=0.0):
+    """A `checkpoint-step` folder with weights, and `trainer_state.json` when complete; mtime `age` seconds ago."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    if complete:
+        (path / TRAINER_STATE_NAME).write_text("{}")
+    mtime = time.time() - age
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_last_complete_checkpoint_is_the_newest_with_trainer_state_and_names_the_newer_incomplete_ones(tmp_path):
+    for step in (2, 10):
+        _checkpoint(tmp_path, step)
+    for step in (9, 11, 12):
+        _checkpoint(tmp_path, step, complete=False)
+    _checkpoint(tmp_path / STAGING_DIR_NAME, 30)  # staged: not a checkpoint until renamed
+    (tmp_path / "checkpoint-40").write_text("a file")
+    (tmp_path / "checkpoint-final").mkdir()
+    assert last_complete_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-10"), ["checkpoint-12", "checkpoint-11"])
+
+
+def test_last_complete_checkpoint_agrees_with_transformers_when_every_checkpoint_is_complete(tmp_path):
+    for step in (3, 12, 100):
+        _checkpoint(tmp_path, step)
+    assert last_complete_checkpoint(tmp_path) == (get_last_checkpoint(str(tmp_path)), [])
+
+
+def test_without_a_complete_checkpoint_there_is_none_and_every_incomplete_one_is_named(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "missing") == (None, [])
+    assert last_complete_checkpoint(tmp_path) == (None, [])
+    _checkpoint(tmp_path, 4, complete=False)
+    _checkpoint(tmp_path, 8, complete=False)
+    assert last_complete_checkpoint(tmp_path) == (None, ["checkpoint-8", "checkpoint-4"])
+
+
+def test_publishing_renames_the_staged_folder_replaces_one_of_the_same_step_and_removes_the_staging(tmp_path):
+    old = _checkpoint(tmp_path, 5, complete=False)
+    (old / "stale.bin").write_bytes(b"old")
+    staged = _checkpoint(tmp_path / STAGING_DIR_NAME, 5)
+    publish_checkpoint(staged, old)
+    assert sorted(p.name for p in old.iterdir()) == ["model.safetensors", TRAINER_STATE_NAME]
+    assert not os.path.exists(staging_dir(tmp_path))
+    assert last_complete_checkpoint(tmp_path) == (str(old), [])
+
+
+def test_rotation_keeps_the_newest_complete_checkpoint_and_the_kept_ones_and_leaves_incomplete_ones(tmp_path):
+    best = _checkpoint(tmp_path, 1, age=50)
+    for step, age in ((2, 40), (3, 30), (4, 20)):
+        _checkpoint(tmp_path, step, age=age)
+    _checkpoint(tmp_path, 9, complete=False, age=-3600)  # newest by mtime and by step, yet incomplete
+    rotate_checkpoints(tmp_path, 2, keep=[str(best)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-4", "checkpoint-9"]
+    rotate_checkpoints(tmp_path, 1, keep=[None])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-9"]
+    rotate_checkpoints(tmp_path, None, keep=[])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-9"]

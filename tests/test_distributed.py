@@ -121,6 +121,15 @@ def test_run_killed_mid_epoch_and_relaunched_ends_where_the_uninterrupted_run_en
         assert resumed and all(full[_batch_key(entry)] == entry[2] for entry in resumed)
 
 
+def test_both_processes_resume_last_from_the_complete_checkpoint_they_wrote_together(launched):
+    (full_reports, _), (resumed_reports, _), _, _ = launched
+    step = sum(full_reports[0]["epoch_update_steps"][:2]) + 1
+    for report in resumed_reports:  # the half-written checkpoint of the next step is skipped, and left in place
+        assert report["resumed_from"] == f"checkpoint-{step}"
+        assert report["output_dir_files"] == [f"checkpoint-{step}", f"checkpoint-{step + 1}"]  # nothing staged left
+        assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= set(report["checkpoint_files"])
+
+
 def _batch_key(entry: list) -> tuple:
     """(epoch, rows of every constituent) of a recorded batch digest."""
     epoch, rows, _ = entry

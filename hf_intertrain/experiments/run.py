@@ -17,11 +17,11 @@ import timm
 import timm.data
 import transformers
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
-from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy
 
+from ..checkpoint import TRAINER_STATE_NAME, last_complete_checkpoint, saved_setting
 from ..config import DataArguments, InterTrainArguments, ModelArguments
 from ..constants import SMALL_IMAGE_MAX_SIZE
-from ..checkpoint import saved_setting
 from ..data import (
     DeviceImageDataset,
     ImageClassificationData,
@@ -33,11 +33,11 @@ from ..data import (
     verify_images_as_asked,
 )
 from ..launch import check_processes_share_work
-from .significance import pack_correct, unpack_correct
-from ..metrics import build_compute_metrics
 from ..method.split import feature_grid
 from ..method.tracker.summary import joined_epochs
+from ..metrics import build_compute_metrics
 from ..trainer import InterTrainTrainer
+from .significance import pack_correct, unpack_correct
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,29 @@ def resolve_data_pipeline(
     return choose_data_pipeline("auto", data or load_data(data_args, verify_images="none"), training_args.device)
 
 
+def resolve_last_checkpoint(output_dir: str, announce: bool = True) -> str:
+    """The checkpoint `--resume_from_checkpoint last` resumes from: the newest complete one of `output_dir`
+    (`checkpoint.last_complete_checkpoint`), so that a run killed while saving still restarts with the same command.
+
+    Newer incomplete folders are named in one line (when `announce`, on the main process) and left in place.
+
+    Raises:
+        ValueError: When `output_dir` holds no complete checkpoint.
+    """
+    checkpoint, skipped = last_complete_checkpoint(output_dir)
+    incomplete = f"incomplete, without {TRAINER_STATE_NAME}: {', '.join(skipped)}"
+    if checkpoint is None:
+        found = f"complete checkpoint in {output_dir} ({incomplete})" if skipped else f"checkpoint in {output_dir}"
+        raise ValueError(f"--resume_from_checkpoint last: no {found}; start the run without --resume_from_checkpoint")
+    if skipped and announce:
+        print(
+            f"hf-intertrain: --resume_from_checkpoint last: resuming from {os.path.basename(checkpoint)}, skipped "
+            f"{incomplete} (a save was interrupted; left in place)",
+            flush=True,
+        )
+    return checkpoint
+
+
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: InterTrainArguments
 ) -> RunReport:
@@ -224,9 +247,7 @@ def run_training(
         print(model_settings_line(model_args, model, image_size), flush=True)
     resume = training_args.resume_from_checkpoint
     if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
+        resume = resolve_last_checkpoint(training_args.output_dir, announce=training_args.process_index == 0)
     pipeline = resolve_data_pipeline(data_args, training_args, data, resume)
     train_dataset, eval_dataset = build_datasets(data, model, image_size, pipeline, training_args.device)
     verify_uncached_images(data, (train_dataset, eval_dataset), data_args.verify_images)

@@ -12,8 +12,9 @@ Each process writes what the test compares, per run ("full", and with --resume_c
 epoch lengths, per-epoch record counts of this rank and of all ranks, final eval loss, and a digest of every
 training batch's pixels as they reach the model, with its epoch and rows).
 With --resume_check the script also trains a run that dies right after a mid-epoch checkpoint in epoch 2 (the
-first interpolating epoch) and resumes it from that checkpoint in fresh trainers, then a run whose processes
-are given different InterTrain settings (`OUT/diverging_rank{r}.json`: how it ended).
+first interpolating epoch), adds a half-written newer checkpoint beside it, and resumes from the one
+`--resume_from_checkpoint last` resolves on each process (the report names it and its files) in fresh trainers,
+then a run whose processes are given different InterTrain settings (`OUT/diverging_rank{r}.json`: how it ended).
 With --four_way the "full" run starts with the first 32 samples marked for 4-way composites and the next 8 paired.
 With --data_pipeline device the same images are served by `DeviceImageDataset`s (one decoded cache in OUT/pixels,
 built by the main process while the other waits) and augmented in `_prepare_inputs`.
@@ -23,6 +24,7 @@ With --cutmix_alpha each process mixes the singles of its own batches with timm'
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -35,7 +37,9 @@ from transformers import TrainerCallback
 
 from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split, pixel_digest
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
+from hf_intertrain.checkpoint import TRAINER_STATE_NAME
 from hf_intertrain.launch import end_processes
+from hf_intertrain.experiments.run import resolve_last_checkpoint
 
 
 class Preempted(Exception):
@@ -105,7 +109,7 @@ def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=()
     )
 
 
-def dump(trainer, output_dir, run):
+def dump(trainer, output_dir, run, **extra):
     rank = trainer.args.process_index
     safetensors.numpy.save_file(
         {k: np.ascontiguousarray(v) for k, v in trainer.tracker.state_dict().items()},
@@ -127,6 +131,7 @@ def dump(trainer, output_dir, run):
         "batch_digests": trainer.batch_digests,
         "eval_loss": trainer.evaluate()["eval_loss"],
         "train_runtime": trainer.train_runtime,
+        **extra,
     }
     with open(os.path.join(output_dir, f"{run}_rank{rank}.json"), "w") as f:
         json.dump(report, f)
@@ -178,11 +183,19 @@ def main():
         raise RuntimeError(f"the run was not preempted at step {step}")
     except Preempted:
         interrupted.accelerator.wait_for_everyone()  # relaunched once every process is gone and rank 0 has saved
+    rank = interrupted.args.process_index
+    if rank == 0:  # what a kill while saving the next step left before checkpoints were atomic
+        incomplete = os.path.join(interrupted_dir, f"checkpoint-{step + 1}")
+        shutil.copytree(os.path.join(interrupted_dir, f"checkpoint-{step}"), incomplete)
+        os.remove(os.path.join(incomplete, TRAINER_STATE_NAME))
+    interrupted.accelerator.wait_for_everyone()
+    last = resolve_last_checkpoint(interrupted_dir, announce=rank == 0)  # what --resume_from_checkpoint last takes
     resumed = build_trainer(cli, interrupted_dir, train, evaluation, model_seed=1)
     started = time.perf_counter()
-    resumed.train(resume_from_checkpoint=os.path.join(interrupted_dir, f"checkpoint-{step}"))
+    resumed.train(resume_from_checkpoint=last)
     resumed.train_runtime = time.perf_counter() - started
-    dump(resumed, cli.output_dir, "resumed")
+    last_files = {"resumed_from": os.path.basename(last), "checkpoint_files": sorted(os.listdir(last))}
+    dump(resumed, cli.output_dir, "resumed", **last_files, output_dir_files=sorted(os.listdir(interrupted_dir)))
 
     # A misconfigured launch: the second process admits Region 1 only, so the trackers' decisions differ after
     # epoch 1 although their records are summed; the cross-process checksum must stop the run on every process.

@@ -22,7 +22,7 @@ from .constants import (
 )
 from .launch import launched_on_cpu
 from .method.mixing import check_mixing
-from .method.selection import check_selection
+from .method.sampler import PlanRules
 from .method.tracker import TrackerRules
 from .method.tracker.decision import REGION1_RULES, REGION3_RULES, describe
 
@@ -300,10 +300,6 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"interpolation={self.interpolation!r} is not supported: use one of {', '.join(INTERPOLATIONS)}"
             )
-        if self.amenable_action not in AMENABLE_ACTIONS:
-            raise ValueError(
-                f"amenable_action={self.amenable_action!r} is not supported: use one of {', '.join(AMENABLE_ACTIONS)}"
-            )
         if self.four_way not in FOUR_WAY_COMPOSITES:
             raise ValueError(
                 f"four_way={self.four_way!r} is not supported: use one of {', '.join(FOUR_WAY_COMPOSITES)}"
@@ -323,48 +319,17 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"data_pipeline={self.data_pipeline!r} is not supported: use one of {', '.join(DATA_PIPELINES)}"
             )
-        if self.four_way_selection not in FOUR_WAY_SELECTIONS:
-            raise ValueError(
-                f"four_way_selection={self.four_way_selection!r} is not supported: use 'robust' (default) or 'region1'"
-            )
-        if self.data_selection != "none" and self.interpolation != "none":
-            raise ValueError(
-                f"data_selection={self.data_selection!r} is a peer method trained without interpolation: pass "
-                "--interpolation none, or data_selection none for InterTrain"
-            )
-        check_selection(
-            self.data_selection, self.subset_sizes, self.infobatch_prune_probability, self.infobatch_full_data_fraction
-        )
-        if not 0.0 < self.patch_ratio < 1.0:
-            raise ValueError(f"patch_ratio={self.patch_ratio} must lie strictly between 0 and 1 (default 0.5)")
-        regions = self.regions
-        if regions not in ((1,), (3,), (1, 3)):
-            raise ValueError(
-                f"amenability_regions={self.amenability_regions!r} is not supported: use '1,3' (the paper), '1' or '3'"
-            )
-        for name, value, choices in (
-            ("threshold_average", self.threshold_average, THRESHOLD_AVERAGES),
-            ("region1_rule", self.region1_rule, REGION1_RULES),
-            ("region3_rule", self.region3_rule, REGION3_RULES),
-        ):
-            if value not in choices:
-                raise ValueError(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
-        for name in ("region3_increases", "region3_epochs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (the method uses 1)")
         if not (math.isfinite(self.composite_loss_weight) and self.composite_loss_weight > 0):
             raise ValueError(
                 f"composite_loss_weight={self.composite_loss_weight} must be a positive number (default 1, the paper)"
-            )
-        if not 0.0 <= self.interpolation_off_fraction < 1.0:
-            raise ValueError(
-                f"interpolation_off_fraction={self.interpolation_off_fraction} must lie in [0, 1): the final fraction of "
-                "the epochs trained without interpolation (default 0, the paper)"
             )
         check_mixing(
             self.mixup_alpha, self.cutmix_alpha, self.mixup_prob, self.mixup_switch_prob, self.mixup_mode,
             self.label_smoothing_factor,
         )
+        # The tracker's and the plan's settings are checked where they are defined, once, as they are built.
+        self.tracker_rules()
+        self.plan_rules()
         if not self.use_cpu and launched_on_cpu():
             self.use_cpu = True
         super().__post_init__()
@@ -384,6 +349,21 @@ class InterTrainArguments(TrainingArguments):
         but `selective`, which is `selective_interpolation`."""
         names = [f.name for f in fields(TrackerRules) if f.name != "selective"]
         return TrackerRules(selective=self.selective_interpolation, **{name: getattr(self, name) for name in names})
+
+    def plan_rules(self) -> PlanRules:
+        """The epoch plan's settings: each `PlanRules` field named like a field here is that field; the others are
+        derived from the flags (docs/architecture.md, "One home for each setting")."""
+        derived = {
+            "batch_size": self.per_device_train_batch_size,
+            "seed": self.data_seed if self.data_seed is not None else self.seed,
+            "interpolate": self.interpolates,
+            "adaptive_ratio": self.interpolation == "linavg" and self.adaptive_interpolation,
+            "drop_last": self.dataloader_drop_last,
+            "subset_sizes": self.subset_sizes,
+            "num_epochs": int(self.num_train_epochs) if self.max_steps <= 0 else None,
+        }
+        same = {f.name: getattr(self, f.name) for f in fields(PlanRules) if f.name not in derived}
+        return PlanRules(**derived, **same)
 
     @property
     def subset_sizes(self) -> tuple[int, ...]:

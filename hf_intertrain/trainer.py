@@ -73,7 +73,6 @@ from .method.mixing import BatchMixing
 from .model_card import card_facts, card_inputs, write_model_card
 from .method.records import LossRecorder, PlanCounts, epoch_statistics
 from .method.sampler import InterTrainBatchSampler
-from .method.selection import check_selection
 from .method.schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
 from .method.split import unwrap_timm_model
 from .method.tracker import AmenabilityTracker
@@ -176,36 +175,7 @@ class InterTrainTrainer(Trainer):
 
         # Tracker, sampler and recorder
         self.tracker = AmenabilityTracker(len(train_dataset), rules=args.tracker_rules())
-        if args.data_selection != "none":
-            if args.max_steps > 0:
-                raise ValueError(
-                    f"data_selection={args.data_selection} plans whole epochs: set num_train_epochs instead of max_steps"
-                )
-            check_selection(
-                args.data_selection, args.subset_sizes, args.infobatch_prune_probability,
-                args.infobatch_full_data_fraction, len(train_dataset), int(args.num_train_epochs),
-            )
-        if args.interpolates and args.interpolation_off_fraction > 0 and args.max_steps > 0:
-            raise ValueError(
-                "interpolation_off_fraction stops interpolating in the final epochs: set num_train_epochs instead of "
-                "max_steps, or interpolation_off_fraction 0"
-            )
-        self.intertrain_sampler = InterTrainBatchSampler(
-            self.tracker,
-            batch_size=args.per_device_train_batch_size,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
-            interpolate=args.interpolates,
-            adaptive_ratio=args.interpolation == "linavg" and args.adaptive_interpolation,
-            target_ratio=args.patch_ratio,
-            drop_last=args.dataloader_drop_last,
-            amenable_action=args.amenable_action,
-            selection=args.data_selection,
-            subset_sizes=args.subset_sizes,
-            prune_probability=args.infobatch_prune_probability,
-            full_data_fraction=args.infobatch_full_data_fraction,
-            num_epochs=int(args.num_train_epochs) if args.max_steps <= 0 else None,
-            interpolation_off_fraction=args.interpolation_off_fraction,
-        )
+        self.intertrain_sampler = InterTrainBatchSampler(self.tracker, args.plan_rules())
         self.recorder = LossRecorder(self.tracker)
         self._mixing = (
             BatchMixing(

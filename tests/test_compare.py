@@ -747,3 +747,17 @@ def test_a_reused_run_without_per_image_results_is_evaluated_once_from_its_saved
             ModelArguments(), DataArguments(), training_args(tmp_path, num_train_epochs=3), variants, FakeTrain(),
             evaluate=lambda *a: ~expected,
         )
+
+
+def test_the_docs_variant_tables_are_the_variant_table():
+    from pathlib import Path
+
+    from hf_intertrain.experiments.variants import VARIANTS
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    rows = [line for line in (docs / "compare.md").read_text().splitlines() if line.startswith("| `")]
+    assert rows == [f"| `{name}` | {variant.role} | {variant.help} |" for name, variant in VARIANTS.items()]
+    method = (docs / "method.md").read_text()
+    ablations = method[method.index("## Ablations") :]
+    named = {name for line in ablations.splitlines() if line.startswith("| `") for name in line.split("|")[1].replace("`", "").replace(",", " ").split()}
+    assert named and named <= set(VARIANTS)

@@ -14,7 +14,7 @@ import safetensors.numpy
 
 from conftest import REPO, make_dataset, make_device_dataset, make_split, pixel_digest
 from hf_intertrain.data import BatchSeededDataset, InterTrainCollator, materialize_pixels
-from hf_intertrain.method.sampler import InterTrainBatchSampler
+from hf_intertrain.method.sampler import InterTrainBatchSampler, PlanRules
 from hf_intertrain.method.tracker import AmenabilityTracker
 
 NUM_SAMPLES, BATCH_SIZE, EPOCHS = 70, 8, 3  # 9 batches in epoch 0: the second process's last batch is padding
@@ -145,7 +145,7 @@ def test_two_processes_draw_the_augmentation_a_single_process_draws_for_the_same
     else:
         dataset = make_dataset(NUM_SAMPLES, seed=0, training=True)
     seeded = BatchSeededDataset(dataset, seed=0)
-    sampler = InterTrainBatchSampler(AmenabilityTracker(NUM_SAMPLES), batch_size=BATCH_SIZE, seed=0)
+    sampler = InterTrainBatchSampler(AmenabilityTracker(NUM_SAMPLES), PlanRules(batch_size=BATCH_SIZE, seed=0))
     alone = {}
     for epoch in (0, 1):
         sampler.set_epoch(epoch)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from accelerate.data_loader import SeedableRandomSampler
 
-from hf_intertrain.method.sampler import InterTrainBatchSampler
+from hf_intertrain.method.sampler import InterTrainBatchSampler, PlanRules
 from hf_intertrain.method.tracker import REGION_1, REGION_3, AmenabilityTracker, TrackerRules
 
 
@@ -37,7 +37,7 @@ def samples_seen(batches: list[list[tuple[int, int, float]]]) -> list[int]:
 
 def test_every_sample_appears_exactly_once_per_epoch():
     tracker = tracker_with_s_int(23, [1, 4, 5, 8, 9, 13, 17, 20, 22])
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, seed=3)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=3))
     for epoch in range(3):
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -48,7 +48,7 @@ def test_every_sample_appears_exactly_once_per_epoch():
 def test_items_plus_pairs_equals_num_samples_and_pairs_come_from_s_int():
     s_int = [0, 2, 3, 7, 11, 12]
     tracker = tracker_with_s_int(15, s_int)
-    sampler = InterTrainBatchSampler(tracker, batch_size=5)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=5))
     sampler.set_epoch(2)
     assert sampler.num_pairs == 3
     assert sampler.num_items + sampler.num_pairs == 15
@@ -62,7 +62,7 @@ def test_items_plus_pairs_equals_num_samples_and_pairs_come_from_s_int():
 def test_odd_s_int_sample_becomes_a_single():
     s_int = [1, 3, 6, 9, 10]
     tracker = tracker_with_s_int(12, s_int)
-    sampler = InterTrainBatchSampler(tracker, batch_size=3)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=3))
     sampler.set_epoch(2)
     plan = sampler.plan
     assert sampler.num_pairs == 2 and sampler.num_items == 10
@@ -76,19 +76,19 @@ def test_odd_s_int_sample_becomes_a_single():
 
 def test_plan_is_deterministic_for_same_seed_epoch_and_tracker():
     tracker = tracker_with_s_int(30, list(range(0, 30, 3)))
-    first = InterTrainBatchSampler(tracker, batch_size=4, seed=7)
-    second = InterTrainBatchSampler(tracker, batch_size=4, seed=7)
+    first = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=7))
+    second = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=7))
     first.set_epoch(2)
     second.set_epoch(2)
     assert list(first) == list(second)
-    other_seed = InterTrainBatchSampler(tracker, batch_size=4, seed=8)
+    other_seed = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=8))
     other_seed.set_epoch(2)
     assert list(other_seed) != list(first)
 
 
 def test_set_epoch_with_unchanged_tracker_does_not_redraw():
     tracker = tracker_with_s_int(10, [0, 1, 2, 3])
-    sampler = InterTrainBatchSampler(tracker, batch_size=4)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4))
     sampler.set_epoch(2)
     plan = sampler.plan
     sampler.set_epoch(2)
@@ -101,7 +101,7 @@ def test_set_epoch_with_unchanged_tracker_does_not_redraw():
 
 def test_order_differs_across_epochs():
     tracker = tracker_with_s_int(40, list(range(0, 40, 4)))
-    sampler = InterTrainBatchSampler(tracker, batch_size=8)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=8))
     sampler.set_epoch(2)
     epoch2 = list(sampler)
     sampler.set_epoch(3)
@@ -113,7 +113,7 @@ def test_order_differs_across_epochs():
 @pytest.mark.parametrize(("drop_last", "expected"), [(False, [4, 4, 4, 1]), (True, [4, 4, 4])])
 def test_batch_sizes(drop_last, expected):
     tracker = AmenabilityTracker(13)
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, drop_last=drop_last)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, drop_last=drop_last))
     batches = list(sampler)
     assert [len(b) for b in batches] == expected
     assert len(sampler) == len(expected)
@@ -122,7 +122,7 @@ def test_batch_sizes(drop_last, expected):
 
 def test_adaptive_ratio_is_taken_from_tracker_losses():
     tracker = tracker_with_s_int(12, [2, 5, 7, 10])
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, adaptive_ratio=True)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, adaptive_ratio=True))
     sampler.set_epoch(2)
     plan = sampler.plan
     pairs = np.flatnonzero(plan.item_b >= 0)
@@ -135,7 +135,7 @@ def test_adaptive_ratio_is_taken_from_tracker_losses():
 
 def test_target_ratio_is_used_without_adaptive_ratio():
     tracker = tracker_with_s_int(12, [2, 5, 7, 10])
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, target_ratio=0.3)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, patch_ratio=0.3))
     pairs = [item for batch in sampler for item in batch if item[1] >= 0]
     assert len(pairs) == 2
     assert all(r == pytest.approx(0.3) for _, _, r in pairs)
@@ -145,7 +145,7 @@ def test_target_ratio_is_used_without_adaptive_ratio():
 def test_no_pairs_order_equals_seedable_random_sampler(seed):
     num_samples = 37
     tracker = AmenabilityTracker(num_samples)
-    sampler = InterTrainBatchSampler(tracker, batch_size=5, seed=seed)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=5, seed=seed))
     reference = SeedableRandomSampler(range(num_samples), data_seed=seed)
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
@@ -157,7 +157,7 @@ def test_no_pairs_order_equals_seedable_random_sampler(seed):
 
 def test_interpolate_false_ignores_the_tracker():
     tracker = tracker_with_s_int(20, [0, 1, 2, 3, 4, 5])
-    sampler = InterTrainBatchSampler(tracker, batch_size=6, seed=1, interpolate=False)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=6, seed=1, interpolate=False))
     sampler.set_epoch(2)
     assert sampler.num_pairs == 0 and sampler.num_items == 20
     reference = SeedableRandomSampler(range(20), data_seed=1)
@@ -167,7 +167,7 @@ def test_interpolate_false_ignores_the_tracker():
 
 def test_naive_tracker_pairs_everything():
     tracker = AmenabilityTracker(11, rules=TrackerRules(selective=False))
-    sampler = InterTrainBatchSampler(tracker, batch_size=2)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=2))
     assert sampler.num_pairs == 5 and sampler.num_items == 6 and len(sampler) == 3
     assert sorted(samples_seen(list(sampler))) == list(range(11))
 
@@ -177,20 +177,20 @@ def test_naive_tracker_pairs_everything():
     [
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 2, "seed": -1}, "seed"),
-        ({"batch_size": 2, "target_ratio": 1.0}, "target_ratio"),
-        ({"batch_size": 2, "target_ratio": 0.0}, "target_ratio"),
+        ({"batch_size": 2, "patch_ratio": 1.0}, "patch_ratio"),
+        ({"batch_size": 2, "patch_ratio": 0.0}, "patch_ratio"),
         ({"batch_size": 2, "interpolate": "yes"}, "interpolate"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        InterTrainBatchSampler(AmenabilityTracker(4), **kwargs)
+        InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(**kwargs))
 
 
 def test_invalid_tracker_and_epoch_raise():
     with pytest.raises(ValueError, match="AmenabilityTracker"):
-        InterTrainBatchSampler(object(), batch_size=2)
-    sampler = InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2)
+        InterTrainBatchSampler(object(), PlanRules(batch_size=2))
+    sampler = InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(batch_size=2))
     with pytest.raises(ValueError, match="epoch"):
         sampler.set_epoch(-1)
 
@@ -203,7 +203,7 @@ def test_invalid_tracker_and_epoch_raise():
 def test_skip_leaves_s_int_out_of_the_epoch():
     s_int = [1, 4, 5, 8, 9, 13, 17, 20, 22]
     tracker = tracker_with_s_int(23, s_int)
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, seed=3, amenable_action="skip")
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=3, amenable_action="skip"))
     batches = list(sampler)
     assert sorted(samples_seen(batches)) == sorted(set(range(23)) - set(s_int))
     assert all(b == -1 and r == 1.0 for batch in batches for _, b, r in batch)
@@ -213,14 +213,14 @@ def test_skip_leaves_s_int_out_of_the_epoch():
 
 
 def test_interpolating_sampler_skips_nothing():
-    sampler = InterTrainBatchSampler(tracker_with_s_int(10, [0, 1, 2]), batch_size=4)
+    sampler = InterTrainBatchSampler(tracker_with_s_int(10, [0, 1, 2]), PlanRules(batch_size=4))
     assert sampler.num_skipped == 0 and sampler.num_items + sampler.num_pairs == 10
 
 
 def test_skip_plan_is_deterministic_and_differs_across_epochs():
     tracker = tracker_with_s_int(40, list(range(0, 40, 3)))
-    first = InterTrainBatchSampler(tracker, batch_size=5, seed=7, amenable_action="skip")
-    second = InterTrainBatchSampler(tracker, batch_size=5, seed=7, amenable_action="skip")
+    first = InterTrainBatchSampler(tracker, PlanRules(batch_size=5, seed=7, amenable_action="skip"))
+    second = InterTrainBatchSampler(tracker, PlanRules(batch_size=5, seed=7, amenable_action="skip"))
     first.set_epoch(2)
     second.set_epoch(2)
     assert list(first) == list(second)
@@ -230,21 +230,21 @@ def test_skip_plan_is_deterministic_and_differs_across_epochs():
 
 def test_skip_without_s_int_draws_the_same_plan_as_interpolation():
     tracker = AmenabilityTracker(17)
-    skipping = InterTrainBatchSampler(tracker, batch_size=4, seed=2, amenable_action="skip")
-    interpolating = InterTrainBatchSampler(tracker, batch_size=4, seed=2)
+    skipping = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=2, amenable_action="skip"))
+    interpolating = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=2))
     assert list(skipping) == list(interpolating)
 
 
 def test_skip_trains_everything_when_s_int_holds_every_sample():
     # Skipping all of S_int would give an epoch without items, which ends a Trainer run.
-    sampler = InterTrainBatchSampler(AmenabilityTracker(9, rules=TrackerRules(selective=False)), batch_size=4, amenable_action="skip")
+    sampler = InterTrainBatchSampler(AmenabilityTracker(9, rules=TrackerRules(selective=False)), PlanRules(batch_size=4, amenable_action="skip"))
     assert sampler.num_skipped == 0 and sampler.num_pairs == 0
     assert sorted(samples_seen(list(sampler))) == list(range(9))
 
 
 def test_invalid_amenable_action_raises():
-    with pytest.raises(ValueError, match="amenable_action.*'interpolate'"):
-        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, amenable_action="drop")
+    with pytest.raises(ValueError, match="amenable_action='drop' is not supported: use one of interpolate"):
+        InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(batch_size=2, amenable_action="drop"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_quads_cover_every_sample_once_and_remainder_is_paired():
     quads = [0, 3, 4, 7, 9, 10, 14, 15, 18, 21]  # 10 marked: 2 composites of 4, 2 left over for pairs.
     pairs = [1, 2, 5]
     tracker = tracker_with_quads(25, pairs, quads)
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, seed=1)
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=1))
     for epoch in range(3):
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -284,7 +284,7 @@ def test_quads_cover_every_sample_once_and_remainder_is_paired():
 
 def test_quad_plan_is_deterministic_and_differs_across_epochs():
     def plan(epoch):
-        sampler = InterTrainBatchSampler(tracker_with_quads(40, [1, 2, 3], list(range(10, 30))), batch_size=8, seed=5)
+        sampler = InterTrainBatchSampler(tracker_with_quads(40, [1, 2, 3], list(range(10, 30))), PlanRules(batch_size=8, seed=5))
         sampler.set_epoch(epoch)
         return list(sampler)
 
@@ -293,11 +293,11 @@ def test_quad_plan_is_deterministic_and_differs_across_epochs():
 
 
 def test_unmarked_four_way_tracker_draws_the_pair_only_plan():
-    pairs_only = InterTrainBatchSampler(tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]), batch_size=4, seed=3)
+    pairs_only = InterTrainBatchSampler(tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]), PlanRules(batch_size=4, seed=3))
     state = tracker_with_s_int(23, [1, 4, 5, 8, 9, 13]).state_dict()
     four_way_tracker = AmenabilityTracker(23, rules=TrackerRules(max_group_size=4))
     four_way_tracker.load_state_dict({**state, "rules": four_way_tracker.state_dict()["rules"]})
-    four_way = InterTrainBatchSampler(four_way_tracker, batch_size=4, seed=3)
+    four_way = InterTrainBatchSampler(four_way_tracker, PlanRules(batch_size=4, seed=3))
     for epoch in (2, 3):
         pairs_only.set_epoch(epoch)
         four_way.set_epoch(epoch)
@@ -310,7 +310,7 @@ def test_unmarked_four_way_tracker_draws_the_pair_only_plan():
 # ---------------------------------------------------------------------------------------------
 def test_random_subset_epochs_have_the_given_sizes_and_cover_the_data_before_repeating():
     sizes = [7, 7, 5, 4, 9, 3]
-    sampler = InterTrainBatchSampler(AmenabilityTracker(10), batch_size=3, seed=2, interpolate=False, selection="random_subset", subset_sizes=sizes)
+    sampler = InterTrainBatchSampler(AmenabilityTracker(10), PlanRules(batch_size=3, seed=2, interpolate=False, data_selection="random_subset", subset_sizes=sizes, num_epochs=6))
     for epoch, size in enumerate(sizes):
         sampler.set_epoch(epoch)
         seen = samples_seen(list(sampler))
@@ -331,7 +331,7 @@ def test_random_subset_is_deterministic_per_seed_and_differs_between_seeds():
     sizes = [6, 6, 6]
     plans = []
     for seed in (0, 0, 1):
-        sampler = InterTrainBatchSampler(AmenabilityTracker(12), batch_size=4, seed=seed, interpolate=False, selection="random_subset", subset_sizes=sizes)
+        sampler = InterTrainBatchSampler(AmenabilityTracker(12), PlanRules(batch_size=4, seed=seed, interpolate=False, data_selection="random_subset", subset_sizes=sizes, num_epochs=3))
         sampler.set_epoch(1)
         plans.append(sampler.plan.item_a.tolist())
     assert plans[0] == plans[1] and plans[0] != plans[2]
@@ -339,12 +339,16 @@ def test_random_subset_is_deterministic_per_seed_and_differs_between_seeds():
 
 def test_random_subset_settings_are_checked():
     with pytest.raises(ValueError, match="random_subset_sizes"):
-        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, selection="random_subset")
+        PlanRules(batch_size=2, interpolate=False, data_selection="random_subset", num_epochs=1)
     with pytest.raises(ValueError, match="1..4"):
-        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, selection="random_subset", subset_sizes=[5])
-    with pytest.raises(ValueError, match="interpolate=False"):
-        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, selection="random_subset", subset_sizes=[2])
-    sampler = InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, selection="random_subset", subset_sizes=[2])
+        InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(batch_size=2, interpolate=False, data_selection="random_subset", subset_sizes=[5], num_epochs=1))
+    with pytest.raises(ValueError, match="trained without interpolation"):
+        PlanRules(batch_size=2, data_selection="random_subset", subset_sizes=[2], num_epochs=1)
+    with pytest.raises(ValueError, match="gives 2 epochs but the run has 3"):
+        PlanRules(batch_size=2, interpolate=False, data_selection="random_subset", subset_sizes=[2, 2], num_epochs=3)
+    with pytest.raises(ValueError, match="plans whole epochs: set num_train_epochs instead of max_steps"):
+        PlanRules(batch_size=2, interpolate=False, data_selection="random_subset", subset_sizes=[2])
+    sampler = InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(batch_size=2, interpolate=False, data_selection="random_subset", subset_sizes=[2], num_epochs=1))
     with pytest.raises(ValueError, match="one size per epoch"):
         sampler.set_epoch(1)
 
@@ -358,7 +362,7 @@ def tracker_with_losses(losses: np.ndarray) -> AmenabilityTracker:
 
 def test_infobatch_prunes_half_of_the_well_learned_samples_and_rescales_the_rest():
     losses = np.where(np.arange(4000) % 4 == 0, 4.0, 1.0)  # mean 1.75: three quarters are well learned
-    sampler = InterTrainBatchSampler(tracker_with_losses(losses), batch_size=64, seed=1, interpolate=False, selection="infobatch", num_epochs=8)
+    sampler = InterTrainBatchSampler(tracker_with_losses(losses), PlanRules(batch_size=64, seed=1, interpolate=False, data_selection="infobatch", num_epochs=8))
     sampler.set_epoch(1)
     weights = sampler.loss_weights
     well_learned = losses < losses.mean()
@@ -374,7 +378,7 @@ def test_infobatch_prunes_half_of_the_well_learned_samples_and_rescales_the_rest
 
 def test_infobatch_trains_every_sample_in_its_final_epochs():
     losses = np.linspace(0.1, 2.0, 64)
-    sampler = InterTrainBatchSampler(tracker_with_losses(losses), batch_size=8, interpolate=False, selection="infobatch", num_epochs=16)
+    sampler = InterTrainBatchSampler(tracker_with_losses(losses), PlanRules(batch_size=8, interpolate=False, data_selection="infobatch", num_epochs=16))
     sampler.set_epoch(13)  # 13 < 0.875 * 16 = 14: pruned
     assert sampler.num_skipped > 0 and sampler.loss_weights is not None
     for epoch in (14, 15):
@@ -385,23 +389,23 @@ def test_infobatch_trains_every_sample_in_its_final_epochs():
 
 def test_infobatch_without_known_losses_trains_everything_as_the_baseline():
     tracker = AmenabilityTracker(20)
-    infobatch = InterTrainBatchSampler(tracker, batch_size=4, seed=3, interpolate=False, selection="infobatch", num_epochs=4)
-    baseline = InterTrainBatchSampler(tracker, batch_size=4, seed=3, interpolate=False)
+    infobatch = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=3, interpolate=False, data_selection="infobatch", num_epochs=4))
+    baseline = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, seed=3, interpolate=False))
     assert infobatch.num_skipped == 0 and sorted(samples_seen(list(infobatch))) == list(range(20))
     assert infobatch.loss_weights is None or (infobatch.loss_weights == 1).all()
     assert baseline.loss_weights is None
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"prune_probability": 1.0}, "infobatch_prune_probability"),
-    ({"full_data_fraction": 1.5}, "infobatch_full_data_fraction"),
-    ({}, "num_epochs"),
-    ({"selection": "coreset"}, "data_selection"),
+    ({"infobatch_prune_probability": 1.0, "num_epochs": 4}, "infobatch_prune_probability"),
+    ({"infobatch_full_data_fraction": 1.5, "num_epochs": 4}, "infobatch_full_data_fraction"),
+    ({}, "num_train_epochs"),
+    ({"data_selection": "coreset", "num_epochs": 4}, "data_selection"),
 ])
 def test_infobatch_settings_are_checked(kwargs, match):
-    kwargs = {"selection": "infobatch", **kwargs}
+    kwargs = {"data_selection": "infobatch", **kwargs}
     with pytest.raises(ValueError, match=match):
-        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, interpolate=False, **kwargs)
+        InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(batch_size=2, interpolate=False, **kwargs))
 
 
 def test_skip_region3_leaves_out_region3_members_and_pairs_region1():
@@ -414,7 +418,7 @@ def test_skip_region3_leaves_out_region3_members_and_pairs_region1():
     tracker.end_epoch()
     region3 = tracker.s_int_indices(reason=REGION_3).tolist()
     assert region3 == [8, 9] and tracker.s_int_indices(reason=REGION_1).tolist() == [0, 1, 2, 3]
-    sampler = InterTrainBatchSampler(tracker, batch_size=4, amenable_action="skip_region3")
+    sampler = InterTrainBatchSampler(tracker, PlanRules(batch_size=4, amenable_action="skip_region3"))
     sampler.set_epoch(2)
     seen = samples_seen(list(sampler))
     assert sampler.num_skipped == 2 and sampler.num_pairs == 2
@@ -430,8 +434,7 @@ def test_skip_region3_leaves_out_region3_members_and_pairs_region1():
 def test_final_epochs_train_singles_in_the_baseline_order():
     s_int = [0, 1, 2, 3, 4, 5]
     sampler = InterTrainBatchSampler(
-        tracker_with_s_int(20, s_int), batch_size=6, seed=1, num_epochs=8, interpolation_off_fraction=0.25
-    )
+        tracker_with_s_int(20, s_int), PlanRules(batch_size=6, seed=1, num_epochs=8, interpolation_off_fraction=0.25))
     sampler.set_epoch(5)  # 5 < 0.75 * 8 = 6: interpolates
     assert sampler.num_pairs == 3 and sampler.interpolates_in(5)
     reference = SeedableRandomSampler(range(20), data_seed=1)
@@ -444,7 +447,7 @@ def test_final_epochs_train_singles_in_the_baseline_order():
 
 
 def test_zero_interpolation_off_fraction_interpolates_to_the_end():
-    sampler = InterTrainBatchSampler(tracker_with_s_int(12, [2, 3, 7, 9]), batch_size=4, num_epochs=4)
+    sampler = InterTrainBatchSampler(tracker_with_s_int(12, [2, 3, 7, 9]), PlanRules(batch_size=4, num_epochs=4))
     sampler.set_epoch(3)
     assert sampler.num_pairs == 2 and sampler.interpolates_in(3)
 
@@ -452,8 +455,8 @@ def test_zero_interpolation_off_fraction_interpolates_to_the_end():
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"interpolation_off_fraction": 1.0, "num_epochs": 4}, r"\[0, 1\)"),
     ({"interpolation_off_fraction": -0.1, "num_epochs": 4}, r"\[0, 1\)"),
-    ({"interpolation_off_fraction": 0.25}, "num_epochs"),
+    ({"interpolation_off_fraction": 0.25}, "num_train_epochs instead of max_steps"),
 ])
 def test_interpolation_off_fraction_is_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        InterTrainBatchSampler(AmenabilityTracker(4), batch_size=2, **kwargs)
+        InterTrainBatchSampler(AmenabilityTracker(4), PlanRules(batch_size=2, **kwargs))

@@ -223,9 +223,11 @@ def test_random_subset_trains_the_given_samples_per_epoch(tmp_path, tiny_train_d
     assert trainer.state.global_step == sum(math.ceil(size / 16) for size in sizes)
 
 
-def test_random_subset_sizes_must_cover_every_epoch(tmp_path, tiny_train_dataset):
-    args = _args(tmp_path, interpolation="none", data_selection="random_subset", random_subset_sizes="96,60", num_train_epochs=3)
-    with pytest.raises(ValueError, match="gives 2 epochs but the run has 3"):
+def test_random_subset_sizes_must_cover_every_epoch_and_fit_the_dataset(tmp_path, tiny_train_dataset):
+    with pytest.raises(ValueError, match="gives 2 epochs but the run has 3"):  # refused with the arguments
+        _args(tmp_path, interpolation="none", data_selection="random_subset", random_subset_sizes="96,60", num_train_epochs=3)
+    args = _args(tmp_path, interpolation="none", data_selection="random_subset", random_subset_sizes="96,97", num_train_epochs=2)
+    with pytest.raises(ValueError, match=r"random_subset_sizes must lie in 1..96 \(the training samples\), got \[96, 97\]"):
         InterTrainTrainer(model=make_model(), args=args, train_dataset=tiny_train_dataset)
 
 
@@ -260,10 +262,10 @@ def test_interpolation_stops_in_the_final_fraction_of_the_epochs(tmp_path, tiny_
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # the schedule still ends
 
 
-def test_interpolation_off_fraction_with_max_steps_is_refused(tmp_path, tiny_train_dataset):
-    args = _args(tmp_path, max_steps=8, interpolation_off_fraction=0.25)
+def test_interpolation_off_fraction_with_max_steps_is_refused_with_the_arguments(tmp_path):
     with pytest.raises(ValueError, match="set num_train_epochs instead of max_steps"):
-        InterTrainTrainer(model=make_model(output_stride=16), args=args, train_dataset=tiny_train_dataset)
+        _args(tmp_path, max_steps=8, interpolation_off_fraction=0.25)
+    assert _args(tmp_path, max_steps=8, interpolation="none", interpolation_off_fraction=0.25).max_steps == 8
 
 
 def test_budget_run_stopped_mid_epoch_counts_only_the_items_it_trained(tmp_path, tiny_train_dataset):

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..constants import EMBEDDED_DATASET
 from ..method.records import RECORD_FLUSH_EVERY
-from ..method.sampler import InterTrainBatchSampler
+from ..method.sampler import InterTrainBatchSampler, PlanRules
 from ..method.tracker import REGION_1, AmenabilityTracker
 
 
@@ -120,7 +120,7 @@ def bench_sampler(args: BenchSamplerArguments) -> dict[str, Any]:
     losses = SimulatedLosses(args.num_samples, args.seed)
     tracker = AmenabilityTracker(args.num_samples)
     sampler = InterTrainBatchSampler(
-        tracker, batch_size=args.batch_size, seed=args.seed, adaptive_ratio=args.interpolation == "linavg"
+        tracker, PlanRules(batch_size=args.batch_size, seed=args.seed, adaptive_ratio=args.interpolation == "linavg")
     )
     sampler.set_epoch(0)
     end_epoch_s, plan_s, record_s, fractions = [], [], [], []
@@ -227,7 +227,7 @@ def planned_sampler(num_samples: int, fraction: float, batch_size: int, seed: in
         state = tracker.state_dict()
         state["reason"][chosen] = REGION_1
         tracker.load_state_dict(state)
-    return InterTrainBatchSampler(tracker, batch_size=batch_size, seed=seed, interpolate=chosen.size >= 2)
+    return InterTrainBatchSampler(tracker, PlanRules(batch_size=batch_size, seed=seed, interpolate=chosen.size >= 2))
 
 
 def bench_loader(args: BenchLoaderArguments) -> dict[str, Any]:

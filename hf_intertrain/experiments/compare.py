@@ -163,7 +163,9 @@ def variant_arguments(
         changes["max_steps"] = int(matched.optimizer_steps)
     if variant.matches == "items":
         # Without the matched run (checking finished runs before it exists) a placeholder the check ignores.
-        sizes = [int(row["items"]) for row in matched.epochs] if matched is not None else [1]
+        sizes = [int(row["items"]) for row in matched.epochs] if matched is not None else [1] * int(
+            training_args.num_train_epochs
+        )
         changes["random_subset_sizes"] = ",".join(map(str, sizes))
     return dataclasses.replace(training_args, **changes)
 

@@ -13,7 +13,8 @@ with S_int left out instead of paired (`amenable_action="skip"`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,6 +25,90 @@ from ..constants import AMENABLE_ACTIONS
 from .selection import before_final_fraction, check_selection, infobatch_selection, random_subset
 from .tracker import REGION_3, AmenabilityTracker
 
+
+
+@dataclass(frozen=True)
+class PlanRules:
+    """Every setting the epoch plan is drawn with, checked once when built (docs/method.md, "Batch plan of an
+    epoch"). `InterTrainArguments.plan_rules()` builds it from the flags: the fields named like a flag are that flag.
+
+    Attributes:
+        batch_size: Items per batch (a pair is one item): `per_device_train_batch_size`.
+        seed: Base seed; the epoch's generator is seeded with `seed + epoch` (`data_seed`, else `seed`).
+        interpolate: False trains everything as singles whatever the tracker says (the baseline).
+        adaptive_ratio: Pairs get r = L_a / (L_a + L_b) from the tracker (docs/method.md, "Adaptive
+            interpolation") instead of `patch_ratio` (LinAvg with `adaptive_interpolation`).
+        patch_ratio: a's share in every pair when `adaptive_ratio` is False, in (0, 1).
+        drop_last: Drop the last batch when it has fewer than `batch_size` items (`dataloader_drop_last`).
+        amenable_action: "interpolate" pairs S_int (InterTrain); "skip" leaves it out of the epoch (ablation);
+            "skip_region3" leaves out the members admitted through Region 3 and pairs the rest (paper Table 4).
+            Ignored when `interpolate` is False.
+        data_selection: Without interpolation, which samples an epoch trains (the peer methods of `selection.py`):
+            "none" (all), "random_subset" (RS2 without replacement, `subset_sizes` samples in each epoch) or
+            "infobatch" (soft pruning from the tracker's last losses, with `loss_weights` for the kept well-learned
+            samples). Needs `interpolate=False`.
+        subset_sizes: Samples per epoch for "random_subset", one per epoch.
+        infobatch_prune_probability: InfoBatch's probability of leaving a well-learned sample out.
+        infobatch_full_data_fraction: InfoBatch trains every sample in this final fraction of `num_epochs`.
+        num_epochs: The run's epochs; None for a run bounded by `max_steps` (InfoBatch, RS2 and
+            `interpolation_off_fraction` plan whole epochs and refuse it).
+        interpolation_off_fraction: The final fraction of `num_epochs` plans every sample as a single, whatever
+            the tracker says, as a run without interpolation does (0: interpolate to the end, the paper).
+    """
+
+    batch_size: int
+    seed: int = 0
+    interpolate: bool = True
+    adaptive_ratio: bool = False
+    patch_ratio: float = 0.5
+    drop_last: bool = False
+    amenable_action: str = "interpolate"
+    data_selection: str = "none"
+    subset_sizes: tuple[int, ...] = ()
+    infobatch_prune_probability: float = 0.5
+    infobatch_full_data_fraction: float = 0.125
+    num_epochs: int | None = None
+    interpolation_off_fraction: float = 0.0
+
+    def __post_init__(self):
+        for name, value in (("batch_size", self.batch_size), ("seed", self.seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (1 if name == "batch_size" else 0):
+                raise ValueError(f"{name} must be a {'positive' if name == 'batch_size' else 'non-negative'} int, got {value!r}; pass per_device_train_batch_size and seed as whole numbers.")
+        for name in ("interpolate", "adaptive_ratio", "drop_last"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}; pass True or False.")
+        ratio = self.patch_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) or not 0.0 < float(ratio) < 1.0:
+            raise ValueError(f"patch_ratio={ratio} must lie strictly between 0 and 1 (default 0.5)")
+        if self.amenable_action not in AMENABLE_ACTIONS:
+            raise ValueError(f"amenable_action={self.amenable_action!r} is not supported: use one of {', '.join(AMENABLE_ACTIONS)}")
+        object.__setattr__(self, "subset_sizes", tuple(int(size) for size in self.subset_sizes or ()))
+        check_selection(
+            self.data_selection, self.subset_sizes, self.infobatch_prune_probability, self.infobatch_full_data_fraction,
+            self.num_epochs,
+        )
+        if self.data_selection != "none" and self.interpolate:
+            raise ValueError(
+                f"data_selection={self.data_selection!r} is a peer method trained without interpolation: pass "
+                "--interpolation none, or data_selection none for InterTrain"
+            )
+        if self.data_selection != "none" and self.num_epochs is None:
+            raise ValueError(f"data_selection={self.data_selection} plans whole epochs: set num_train_epochs instead of max_steps")
+        if not 0.0 <= self.interpolation_off_fraction < 1.0:
+            raise ValueError(
+                f"interpolation_off_fraction={self.interpolation_off_fraction} must lie in [0, 1): the final fraction of "
+                "the epochs trained without interpolation (default 0, the paper)"
+            )
+        if self.interpolation_off_fraction > 0 and self.interpolate and self.num_epochs is None:
+            raise ValueError(
+                "interpolation_off_fraction stops interpolating in the final epochs: set num_train_epochs instead of "
+                "max_steps, or interpolation_off_fraction 0"
+            )
+
+    def check_num_samples(self, num_samples: int) -> None:
+        """Refuse a random subset larger than the training set (the one check that needs the dataset)."""
+        if self.data_selection == "random_subset" and not all(1 <= size <= num_samples for size in self.subset_sizes):
+            raise ValueError(f"random_subset_sizes must lie in 1..{num_samples} (the training samples), got {list(self.subset_sizes)}")
 
 
 class EpochPlan(NamedTuple):
@@ -76,74 +161,17 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
 
     Args:
         tracker: Decides S_int for the tracker's current epoch.
-        batch_size: Items per batch (a pair is one item).
-        seed: Base seed; the epoch's generator is seeded with `seed + epoch`.
-        interpolate: False trains everything as singles whatever the tracker says (baseline).
-        adaptive_ratio: Pairs get r = L_a / (L_a + L_b) from the tracker (docs/method.md,
-            "Adaptive interpolation") instead of `target_ratio`.
-        target_ratio: a's share in every pair when `adaptive_ratio` is False, in (0, 1).
-        drop_last: Drop the last batch when it has fewer than `batch_size` items.
-        amenable_action: "interpolate" pairs S_int (InterTrain); "skip" leaves it out of the
-            epoch (ablation); "skip_region3" leaves out the members admitted through Region 3 and
-            pairs the rest (paper Table 4: Region 3 skipped while Region 1 is interpolated).
-            Ignored when `interpolate` is False.
-        selection: Without interpolation, which samples an epoch trains (the peer methods of
-            `selection.py`): "none" (all), "random_subset" (RS2 without replacement, `subset_sizes`
-            samples in each epoch) or "infobatch" (soft pruning from the tracker's last losses,
-            with `loss_weights` for the kept well-learned samples). Needs `interpolate=False`.
-        subset_sizes: Samples per epoch for "random_subset", one per epoch.
-        prune_probability: InfoBatch's probability of leaving a well-learned sample out.
-        full_data_fraction: InfoBatch trains every sample in this final fraction of `num_epochs`.
-        num_epochs: The run's epochs (InfoBatch's final full-data epochs and `interpolation_off_fraction` need it).
-        interpolation_off_fraction: The final fraction of `num_epochs` plans every sample as a single, whatever
-            the tracker says, as a run without interpolation does (0: interpolate to the end, the paper).
+        rules: The plan's settings (`PlanRules`), checked when they were built.
     """
 
-    def __init__(
-        self,
-        tracker: AmenabilityTracker,
-        batch_size: int,
-        seed: int = 0,
-        interpolate: bool = True,
-        adaptive_ratio: bool = False,
-        target_ratio: float = 0.5,
-        drop_last: bool = False,
-        amenable_action: str = "interpolate",
-        selection: str = "none",
-        subset_sizes: Sequence[int] | None = None,
-        prune_probability: float = 0.5,
-        full_data_fraction: float = 0.125,
-        num_epochs: int | None = None,
-        interpolation_off_fraction: float = 0.0,
-    ):
+    def __init__(self, tracker: AmenabilityTracker, rules: PlanRules):
         if not isinstance(tracker, AmenabilityTracker):
             raise ValueError(f"tracker must be an AmenabilityTracker, got {type(tracker).__name__}; build one with AmenabilityTracker(len(train_dataset)).")
-        _check_settings(batch_size, seed, interpolate, adaptive_ratio, target_ratio, drop_last)
-        if amenable_action not in AMENABLE_ACTIONS:
-            raise ValueError(f"amenable_action must be one of {AMENABLE_ACTIONS}, got {amenable_action!r}; pass 'interpolate' (InterTrain), 'skip' or 'skip_region3' (the ablations).")
-        check_selection(selection, subset_sizes, prune_probability, full_data_fraction, tracker.num_samples)
-        if selection != "none" and interpolate:
-            raise ValueError(f"selection={selection!r} is a peer method trained without interpolation; pass interpolate=False.")
-        if selection == "infobatch" and (num_epochs is None or num_epochs < 1):
-            raise ValueError("selection='infobatch' needs num_epochs (its final epochs train on all samples); pass the run's epochs.")
-        if not 0.0 <= interpolation_off_fraction < 1.0:
-            raise ValueError(f"interpolation_off_fraction must lie in [0, 1), got {interpolation_off_fraction!r}; pass 0 to interpolate to the end.")
-        if interpolation_off_fraction > 0 and interpolate and (num_epochs is None or num_epochs < 1):
-            raise ValueError("interpolation_off_fraction > 0 needs num_epochs (it stops interpolating in the final epochs); pass the run's epochs.")
+        if not isinstance(rules, PlanRules):
+            raise ValueError(f"rules must be a PlanRules, got {type(rules).__name__}; build one with PlanRules(batch_size=...) or InterTrainArguments.plan_rules().")
+        rules.check_num_samples(tracker.num_samples)
         self.tracker = tracker
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.interpolate = bool(interpolate)
-        self.adaptive_ratio = bool(adaptive_ratio)
-        self.target_ratio = float(target_ratio)
-        self.drop_last = bool(drop_last)
-        self.amenable_action = str(amenable_action)
-        self.selection = str(selection)
-        self.subset_sizes = tuple(int(size) for size in subset_sizes or ())
-        self.prune_probability = float(prune_probability)
-        self.full_data_fraction = float(full_data_fraction)
-        self.num_epochs = num_epochs
-        self.interpolation_off_fraction = float(interpolation_off_fraction)
+        self.rules = rules
         self.epoch = 0
         self._loss_weights: np.ndarray | None = None
         self._plan: EpochPlan | None = None
@@ -151,6 +179,16 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         self._num_pairs = 0
         self._num_quads = 0
         self._num_skipped = 0
+
+    @property
+    def seed(self) -> int:
+        """The plan's base seed (each epoch draws from `seed + epoch`)."""
+        return self.rules.seed
+
+    @property
+    def batch_size(self) -> int:
+        """Items per batch."""
+        return self.rules.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch and make its plan (no redraw if epoch and tracker are unchanged)."""
@@ -198,15 +236,15 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
 
     def __len__(self) -> int:
         num_items = self.num_items
-        if self.drop_last:
-            return num_items // self.batch_size
-        return -(-num_items // self.batch_size)
+        if self.rules.drop_last:
+            return num_items // self.rules.batch_size
+        return -(-num_items // self.rules.batch_size)
 
     def __iter__(self) -> Iterator[list[int | tuple]]:
         item_a, item_b, item_r, item_c, item_d = self._ensure_plan()
-        stop = len(self) * self.batch_size
-        for start in range(0, min(stop, item_a.shape[0]), self.batch_size):
-            end = start + self.batch_size
+        stop = len(self) * self.rules.batch_size
+        for start in range(0, min(stop, item_a.shape[0]), self.rules.batch_size):
+            end = start + self.rules.batch_size
             items = list(zip(item_a[start:end].tolist(), item_b[start:end].tolist(), item_r[start:end].tolist()))
             if self._num_quads:
                 for i in np.flatnonzero(item_c[start:end] >= 0).tolist():
@@ -216,10 +254,10 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
     def interpolates_in(self, epoch: int) -> bool:
         """Whether `epoch` may interpolate: `interpolate` is set and the epoch comes before the final
         `interpolation_off_fraction` of the run (docs/method.md, "Interpolation off at the end")."""
-        if not self.interpolate:
+        if not self.rules.interpolate:
             return False
-        return self.interpolation_off_fraction == 0 or before_final_fraction(
-            epoch, self.num_epochs, self.interpolation_off_fraction
+        return self.rules.interpolation_off_fraction == 0 or before_final_fraction(
+            epoch, self.rules.num_epochs, self.rules.interpolation_off_fraction
         )
 
     # ----------------------------------------------------------------------------------------
@@ -231,7 +269,7 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         return self._plan
 
     def _make_plan(self) -> tuple[EpochPlan, int, int, int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.rules.seed + self.epoch)
         num_samples = self.tracker.num_samples
         num_skipped = 0
         quads = np.empty((4, 0), dtype=np.int64)
@@ -239,18 +277,18 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
             s_int = self.tracker.s_int_indices()
             noint = self.tracker.s_noint_indices()
             marked = self.tracker.s_int_four_way_indices()
-            if marked.size and self.amenable_action == "interpolate":
+            if marked.size and self.rules.amenable_action == "interpolate":
                 marked = marked[torch.randperm(marked.size, generator=generator).numpy()]
                 num_quads = marked.size // 4
                 quads = marked[: 4 * num_quads].reshape(num_quads, 4).T
                 s_int = np.sort(np.concatenate([self.tracker.s_int_pair_indices(), marked[4 * num_quads :]]))
-            if self.amenable_action == "skip":
+            if self.rules.amenable_action == "skip":
                 if noint.size == 0:
                     noint = np.arange(num_samples, dtype=np.int64)
                 else:
                     num_skipped = int(s_int.size)
                 s_int = np.empty(0, dtype=np.int64)
-            elif self.amenable_action == "skip_region3":
+            elif self.rules.amenable_action == "skip_region3":
                 region3 = self.tracker.s_int_indices(reason=REGION_3)
                 if region3.size < num_samples:
                     s_int = np.setdiff1d(s_int, region3, assume_unique=True)
@@ -266,10 +304,10 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         num_pairs = shuffled.size // 2
         pair_a = shuffled[0 : 2 * num_pairs : 2]
         pair_b = shuffled[1 : 2 * num_pairs : 2]
-        if self.adaptive_ratio:
+        if self.rules.adaptive_ratio:
             pair_r = self.tracker.adaptive_ratio(pair_a, pair_b)
         else:
-            pair_r = np.full(num_pairs, self.target_ratio, dtype=np.float32)
+            pair_r = np.full(num_pairs, self.rules.patch_ratio, dtype=np.float32)
         singles = np.concatenate([shuffled[2 * num_pairs :], noint])
 
         num_quads = quads.shape[1]
@@ -306,22 +344,10 @@ class InterTrainBatchSampler(Sampler[list[tuple]]):
         """
         self._loss_weights = None
         num_samples = self.tracker.num_samples
-        if self.selection == "random_subset":
-            return np.sort(random_subset(num_samples, self.subset_sizes, self.epoch, self.seed))
-        if self.selection == "infobatch" and before_final_fraction(self.epoch, self.num_epochs, self.full_data_fraction):
-            kept, weights = infobatch_selection(self.tracker.last_loss, self.prune_probability, generator)
+        if self.rules.data_selection == "random_subset":
+            return np.sort(random_subset(num_samples, self.rules.subset_sizes, self.epoch, self.rules.seed))
+        if self.rules.data_selection == "infobatch" and before_final_fraction(self.epoch, self.rules.num_epochs, self.rules.infobatch_full_data_fraction):
+            kept, weights = infobatch_selection(self.tracker.last_loss, self.rules.infobatch_prune_probability, generator)
             self._loss_weights = weights
             return kept
         return np.arange(num_samples, dtype=np.int64)
-
-
-def _check_settings(batch_size: Any, seed: Any, interpolate: Any, adaptive_ratio: Any, target_ratio: Any, drop_last: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}; pass per_device_train_batch_size.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}; pass TrainingArguments.data_seed or seed.")
-    for name, value in (("interpolate", interpolate), ("adaptive_ratio", adaptive_ratio), ("drop_last", drop_last)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be a bool, got {value!r}; pass True or False.")
-    if isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float, np.floating)) or not 0.0 < float(target_ratio) < 1.0:
-        raise ValueError(f"target_ratio must be a float in (0, 1), got {target_ratio!r}; pass 0.5 (the paper's default).")

@@ -115,10 +115,10 @@ def check_selection(
     subset_sizes: Sequence[int] | None,
     prune_probability: float,
     full_data_fraction: float,
-    num_samples: int | None = None,
     num_epochs: int | None = None,
 ) -> None:
-    """One-line errors for settings the peer methods cannot run with (before any training)."""
+    """One-line errors for settings the peer methods cannot run with (before any training; the subset sizes against
+    the dataset are `sampler.PlanRules.check_num_samples`'s)."""
     from ..constants import DATA_SELECTIONS
 
     if selection not in DATA_SELECTIONS:
@@ -128,8 +128,6 @@ def check_selection(
             raise ValueError("data_selection=random_subset needs random_subset_sizes: the samples to train per epoch, e.g. '5000,5000,3600'")
         if num_epochs is not None and len(subset_sizes) != num_epochs:
             raise ValueError(f"random_subset_sizes gives {len(subset_sizes)} epochs but the run has {num_epochs}: give one size per epoch")
-        if num_samples is not None and not all(1 <= size <= num_samples for size in subset_sizes):
-            raise ValueError(f"random_subset_sizes must lie in 1..{num_samples} (the training samples), got {list(subset_sizes)}")
     if selection == "infobatch":
         if not 0.0 < prune_probability < 1.0:
             raise ValueError(f"infobatch_prune_probability={prune_probability} must lie strictly between 0 and 1 (InfoBatch uses 0.5)")

@@ -30,3 +30,22 @@ def test_a_bad_image_stops_the_run_before_training_on_either_path(tmp_path):
     for pipeline in ("workers", "device"):
         with pytest.raises(DataError, match="split 'train' row 2"):
             served(tmp_path / "d", pipeline)
+
+
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_a_finished_run_records_its_per_image_results_and_its_saved_model_gives_them_again(tmp_path, pipeline):
+    from hf_intertrain.config import DataArguments, InterTrainArguments, ModelArguments
+    from hf_intertrain.experiments.run import evaluate_saved_model, run_training
+
+    folder = write_dataset(tmp_path / "d", {"train": 24, "test": 10})
+    model_args = ModelArguments(model_name="test_resnet", model_kwargs={"output_stride": 16})
+    data_args = DataArguments(dataset_name=str(folder), image_size=32)
+    args = InterTrainArguments(
+        output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=8, save_strategy="no",
+        eval_strategy="no", report_to="none", disable_tqdm=True, data_pipeline=pipeline, interpolation="none",
+    )
+    report = run_training(model_args, data_args, args)
+    correct = report.correct()
+    assert correct.dtype == bool and correct.shape == (10,) and correct.mean() == pytest.approx(report.eval_accuracy)
+    again = evaluate_saved_model(model_args, data_args, args)
+    assert (again == correct).all()

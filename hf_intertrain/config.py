@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 
 from .constants import (
     AMENABLE_ACTIONS,
+    COMPILE_FALLBACKS,
     DATA_PIPELINES,
     DATA_SELECTIONS,
     EMBEDDED_DATASET,
@@ -20,6 +21,7 @@ from .constants import (
     MIXUP_MODES,
     THRESHOLD_AVERAGES,
 )
+from .compilation import check_compile_settings
 from .launch import launched_on_cpu
 from .method.mixing import check_mixing
 from .method.sampler import PlanRules
@@ -50,9 +52,14 @@ TRAINING_ARGUMENT_ROLES: dict[str, tuple[str, ...]] = {
     "warmup_steps": (FINGERPRINT,),
     "optim": (FINGERPRINT,),
     "weight_decay": (FINGERPRINT,),
+    "torch_compile": (FINGERPRINT,),
+    "torch_compile_backend": (FINGERPRINT,),
+    "torch_compile_mode": (FINGERPRINT,),
 }
 """The roles of `TrainingArguments` fields that InterTrain does not redeclare; InterTrain's own fields carry their
-roles in their type (`Annotated`). `settings_with` reads both."""
+roles in their type (`Annotated`). `settings_with` reads both. The `torch_compile` fields decide a `compare` run's
+training seconds, so its speed-up (and its weights a little, through the backend's rounding): a compiled and an eager
+run are never reused for each other."""
 
 
 @dataclass
@@ -275,6 +282,18 @@ class InterTrainArguments(TrainingArguments):
         },
     )
 
+    # torch.compile (--torch_compile, --torch_compile_backend, --torch_compile_mode are TrainingArguments' own).
+    # No role: where compile works it changes nothing that trains, and a resume may choose another fallback.
+    compile_fallback: str = field(
+        default="eager",
+        metadata={
+            "help": "With --torch_compile, where the backend cannot compile on this machine (no C++ compiler for "
+            "inductor on CPU, no Triton on GPU, a backend's package missing): 'eager' trains without compile after "
+            "one warning line, 'stop' stops the run with a one-line error naming the fix (docs/usage.md, 'Compiling').",
+            "choices": list(COMPILE_FALLBACKS),
+        },
+    )
+
     # Defaults that differ from TrainingArguments
     output_dir: str | None = field(
         default="intertrain_output", metadata={"help": "Where checkpoints, the final model and reports are written."}
@@ -319,6 +338,11 @@ class InterTrainArguments(TrainingArguments):
             raise ValueError(
                 f"data_pipeline={self.data_pipeline!r} is not supported: use one of {', '.join(DATA_PIPELINES)}"
             )
+        if self.compile_fallback not in COMPILE_FALLBACKS:
+            raise ValueError(
+                f"compile_fallback={self.compile_fallback!r} is not supported: use one of {', '.join(COMPILE_FALLBACKS)}"
+            )
+        check_compile_settings(self.torch_compile_backend, self.torch_compile_mode)
         if not (math.isfinite(self.composite_loss_weight) and self.composite_loss_weight > 0):
             raise ValueError(
                 f"composite_loss_weight={self.composite_loss_weight} must be a positive number (default 1, the paper)"

@@ -48,3 +48,7 @@ a and b, a 4-way composite a, b, c and d."""
 
 MIXUP_MODES: tuple[str, ...] = ("batch", "pair", "elem")
 """timm's `Mixup` modes: one draw per batch, per pair of rows, or per row."""
+
+COMPILE_FALLBACKS: tuple[str, ...] = ("eager", "stop")
+"""What a `--torch_compile` run does where the backend cannot compile here (no C++ compiler, a backend's package
+missing): train eager after one warning line, or stop with a one-line error."""

@@ -6,14 +6,19 @@ resume"). accelerate's torchrun launcher (`distributed_type: MULTI_GPU`, which
 `LOCAL_RANK` but does not pass the config's `use_cpu` on; transformers then sets up no distributed state on a machine
 without an accelerator, and each process trains the whole dataset alone into the same `output_dir`.
 `launched_on_cpu` tells `InterTrainArguments` when the processes can only be CPU processes;
-`check_processes_share_work` stops a run whose processes would still not share the work.
+`check_processes_share_work` stops a run whose processes would still not share the work; `end_processes` ends what a
+run started that could hold its process at exit.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Mapping
+
+COMPILE_WORKERS_GRACE_SECONDS: float = 10.0
+"""How long `end_processes` waits for inductor's compile workers to shut down before the process exits without them."""
 
 WORLD_SIZE_VARIABLES: tuple[str, ...] = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 """Where torchrun and the MPI launchers put the number of processes (the names accelerate reads)."""
@@ -68,9 +73,30 @@ def check_processes_share_work(
         )
 
 
-def end_processes() -> None:
-    """Tear down the process group a distributed run set up (what `Accelerator.end_training` does), so that no
-    communication thread is still running while the interpreter exits; nothing without one."""
+def end_processes(grace_seconds: float = COMPILE_WORKERS_GRACE_SECONDS) -> None:
+    """Tear down what a run started that could hold the interpreter at exit: the process group a distributed run set
+    up (what `Accelerator.end_training` does), so that no communication thread is still running, and the compile
+    workers of torch.compile's inductor (`end_compile_workers`); nothing that was not started."""
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
+    end_compile_workers(grace_seconds)
+
+
+def end_compile_workers(grace_seconds: float = COMPILE_WORKERS_GRACE_SECONDS) -> None:
+    """Shut down inductor's compile workers, waiting at most `grace_seconds`.
+
+    Inductor shuts its worker pool down at exit and waits up to 5 minutes for it; a pool still starting when a run
+    fails (its first compile, a cold start) can take all of that, so a failed run seemed to hang after its error.
+    Here the same shutdown (`torch._inductor.async_compile.shutdown_compile_workers`) runs in a daemon thread for at
+    most `grace_seconds`; after that the process exits without waiting, and the workers, which watch their parent,
+    end themselves. Nothing happens when inductor was never imported.
+    """
+    async_compile = sys.modules.get("torch._inductor.async_compile")
+    if async_compile is None:
+        return
+    stopping = threading.Thread(
+        target=async_compile.shutdown_compile_workers, name="hf-intertrain-end-compile-workers", daemon=True
+    )
+    stopping.start()
+    stopping.join(grace_seconds)

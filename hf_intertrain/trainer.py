@@ -7,8 +7,10 @@ tracker turns losses into decisions, the `InterTrainBatchSampler` turns decision
 the Trainer's own loop, logging, checkpoints and distributed launch.
 
 Maintenance note: besides the public hooks (`get_train_dataloader`, `compute_loss`, `floating_point_ops`,
-`create_scheduler`, `create_model_card`), seven private Trainer methods are overridden, each calling the parent
-unchanged: `_run_epoch` (re-plans the epoch and passes its real length on, as transformers fixes it from the first
+`create_scheduler`, `create_model_card`), eight private Trainer methods are overridden, each calling the parent
+unchanged: `_build_accelerator_args` (hands accelerate a dynamo plugin that compiles nothing, where the parent's would
+compile the whole model from `--torch_compile`; `compilation.compile_features` compiles the backbone instead),
+`_run_epoch` (re-plans the epoch and passes its real length on, as transformers fixes it from the first
 dataloader), `_init_training_state` (maps a resumed global step to (epoch, step) through the recorded epoch lengths),
 `_save_checkpoint` (adds InterTrain's state and makes the checkpoint atomic), `_get_output_dir` and
 `_push_from_checkpoint` (the parent's, except while the parent's `_save_checkpoint` runs: then they point it at the
@@ -28,6 +30,7 @@ and `tests/test_distributed.py` check all of it.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -65,6 +69,7 @@ from .method.composition import (
     mix_singles,
     slot_logits,
 )
+from .compilation import compile_features, features_compiled
 from .config import InterTrainArguments
 from .data import BatchSeededDataset, InterTrainCollator, as_item_dataset
 from .data.device import DeviceImageDataset, dataset_pipeline, materialize_pixels, prefers_channels_last
@@ -76,6 +81,8 @@ from .method.sampler import InterTrainBatchSampler
 from .method.schedule import EpochProgress, follow_epoch_progress, nominal_update_steps_per_epoch
 from .method.split import unwrap_timm_model
 from .method.tracker import AmenabilityTracker
+
+logger = logging.getLogger(__name__)
 
 
 class _EpochBoundary(TrainerCallback):
@@ -120,7 +127,9 @@ class InterTrainTrainer(Trainer):
     a resumed run draws the augmentations of the uninterrupted one (with a `data.DeviceImageDataset` the fetch draws
     the augmentation's parameters and `_prepare_inputs` makes the pixels on the device, see `data/device.py`); the
     loss of a batch is the mean over its items, divided by the accumulation steps like the plain Trainer;
-    `num_train_epochs` must be whole, and with `max_steps > 0` the schedule follows steps, not epochs.
+    `num_train_epochs` must be whole, and with `max_steps > 0` the schedule follows steps, not epochs; with
+    `torch_compile` the backbone's `forward_features` is compiled, in place, and the head, split propagation and the
+    loss run eager (`compilation.compile_features`).
     """
 
     args: InterTrainArguments
@@ -207,6 +216,34 @@ class InterTrainTrainer(Trainer):
         self._mixing_seeder = MaskSeeder(args.seed, args.process_index, stream=MIXING_STREAM)
         self.add_callback(_EpochBoundary(self))
 
+        # torch.compile: the backbone only, in place (accelerate compiles nothing, see _build_accelerator_args)
+        if args.torch_compile:
+            compile_features(timm_model, args.torch_compile_backend, args.torch_compile_mode, args.compile_fallback)
+
+    @property
+    def backbone_compiled(self) -> bool:
+        """Whether the model's `forward_features` runs compiled (`--torch_compile`, unless it fell back to eager)."""
+        return features_compiled(unwrap_timm_model(self.accelerator.unwrap_model(self.model)))
+
+    def _build_accelerator_args(self, **kwargs) -> dict[str, Any]:
+        """The parent's accelerator arguments, with a dynamo plugin that compiles nothing.
+
+        From `--torch_compile` the parent's plugin would have accelerate compile the whole model, whose graph split
+        propagation breaks every batch; `compilation.compile_features` compiles the backbone instead (docs/method.md,
+        "Choices where the paper is silent"). A `dynamo_backend` of accelerate's launch config is ignored, with a
+        warning: the compile settings are the run's own arguments, which the fingerprint of `compare` records.
+        """
+        accelerator_args = super()._build_accelerator_args(**kwargs)
+        launched = accelerator_args.get("dynamo_plugin")
+        if launched is not None and launched.backend != DynamoBackend.NO and not self.args.torch_compile:
+            logger.warning(
+                "hf-intertrain: accelerate's dynamo_backend %s is ignored: pass --torch_compile true (and "
+                "--torch_compile_backend) to compile the backbone",
+                launched.backend.value.lower(),
+            )
+        accelerator_args["dynamo_plugin"] = TorchDynamoPlugin(backend="no")
+        return accelerator_args
+
     @property
     def epoch_update_steps(self) -> list[int]:
         """Optimizer steps per process of every epoch begun so far (epochs shrink as pairs are planned)."""
@@ -287,7 +324,7 @@ class InterTrainTrainer(Trainer):
 
     def _logits(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits through the (possibly DDP-wrapped) model's own forward, whatever the wrapper class returns."""
-        if isinstance(self.accelerator.unwrap_model(model), PreTrainedModel):
+        if isinstance(self.accelerator.unwrap_model(model, keep_torch_compile=False), PreTrainedModel):
             return model(pixel_values=pixel_values).logits
         return model(pixel_values)
 

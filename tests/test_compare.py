@@ -761,3 +761,30 @@ def test_the_docs_variant_tables_are_the_variant_table():
     ablations = method[method.index("## Ablations") :]
     named = {name for line in ablations.splitlines() if line.startswith("| `") for name in line.split("|")[1].replace("`", "").replace(",", " ").split()}
     assert named and named <= set(VARIANTS)
+
+
+def test_every_variant_trains_compiled_and_a_run_made_before_torch_compile_was_recorded_counts_as_eager(tmp_path, no_plots):
+    compiled = {"torch_compile": True, "torch_compile_backend": "aot_eager"}
+    fake = FakeTrain()
+    run_comparison(
+        ModelArguments(), DataArguments(), training_args(tmp_path / "compiled", **compiled),
+        ["baseline", "intertrain", "budget"], fake,
+    )
+    assert [(args.torch_compile, args.torch_compile_backend) for args in fake.calls] == [(True, "aot_eager")] * 3
+    fingerprint = json.loads((tmp_path / "compiled" / "budget" / RUN_REPORT_NAME).read_text())["fingerprint"]
+    assert (fingerprint["torch_compile"], fingerprint["torch_compile_backend"]) == (True, "aot_eager")
+
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline", "intertrain"], FakeTrain())
+    for name in ("baseline", "intertrain"):
+        report = tmp_path / name / RUN_REPORT_NAME
+        data = json.loads(report.read_text())
+        for key in ("torch_compile", "torch_compile_backend", "torch_compile_mode"):
+            del data["fingerprint"][key]
+        report.write_text(json.dumps(data))
+    fake = FakeTrain()
+    run_comparison(ModelArguments(), DataArguments(), training_args(tmp_path), ["baseline", "intertrain"], fake)
+    assert fake.calls == []
+    with pytest.raises(ValueError, match=r"baseline holds a finished run with other settings \(torch_compile=False, now True\)"):
+        run_comparison(
+            ModelArguments(), DataArguments(), training_args(tmp_path, **compiled), ["baseline", "intertrain"], FakeTrain()
+        )

@@ -223,3 +223,27 @@ def test_readme_cpu_command_shards_one_run_over_two_processes(tmp_path):
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == math.ceil(48 / 8 / 2)  # alone, each process would take 6 steps
     assert json.loads((output_dir / "intertrain_run.json").read_text())["items_trained"] == 48
+
+
+def test_two_processes_train_compiled_inside_ddp_with_one_plan(tmp_path):
+    """`--torch_compile` under DDP: each process compiles its backbone once (train and eval graphs) and both still
+    train one plan; a single process checks compiled against eager losses (tests/test_compile.py)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIG), "--num_processes", "2", "--main_process_port", str(_free_port()),
+        str(SCRIPT), "--output_dir", str(tmp_path), "--torch_compile_backend", "aot_eager",
+        "--num_samples", str(NUM_SAMPLES), "--batch_size", str(BATCH_SIZE), "--epochs", str(EPOCHS),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"full_rank{r}.json").read_text()) for r in range(2)]
+    trackers = [safetensors.numpy.load_file(str(tmp_path / f"full_rank{r}.safetensors")) for r in range(2)]
+
+    assert [r["backbone_compiled"] for r in reports] == [True, True]
+    assert all(1 <= r["compiled_graphs"] <= 3 for r in reports)
+    assert [row["intertrain/pairs"] > 0 for row in reports[0]["history"]] == [False, False, True]
+    assert _without_seconds(reports[0]["logged"]) == _without_seconds(reports[1]["logged"])
+    for key in trackers[0]:
+        np.testing.assert_array_equal(trackers[0][key], trackers[1][key], err_msg=key)
+    assert reports[0]["eval_loss"] == pytest.approx(reports[1]["eval_loss"], rel=1e-6)

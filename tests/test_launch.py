@@ -79,3 +79,27 @@ def test_end_processes_tears_down_an_initialized_group_and_is_a_no_op_without_on
     assert dist.is_initialized()
     end_processes()
     assert not dist.is_initialized()
+
+
+def test_end_processes_waits_for_inductors_compile_workers_a_bounded_time(monkeypatch):
+    import sys
+    import threading
+    import time
+    import types
+
+    released = threading.Event()
+    calls = []
+
+    def stuck_shutdown():  # a pool still starting when the run failed: inductor would wait up to 5 minutes
+        calls.append(threading.current_thread().daemon)
+        released.wait(60)
+
+    monkeypatch.setitem(
+        sys.modules, "torch._inductor.async_compile", types.SimpleNamespace(shutdown_compile_workers=stuck_shutdown)
+    )
+    started = time.perf_counter()
+    end_processes(grace_seconds=0.2)
+    assert time.perf_counter() - started < 5 and calls == [True]
+    released.set()
+    monkeypatch.delitem(sys.modules, "torch._inductor.async_compile")
+    end_processes()  # inductor never imported: nothing to stop

@@ -2,7 +2,7 @@
 
     accelerate launch --config_file recipes/accelerate/cpu_multi_process.yaml --num_processes 2 \
         tests/distributed/train_tiny.py --output_dir OUT [--resume_check] [--bf16] [--four_way randpatch4] \
-        [--data_pipeline device] [--cutmix_alpha 1.0]
+        [--data_pipeline device] [--cutmix_alpha 1.0] [--torch_compile_backend aot_eager]
 
 (`accelerate launch --cpu --num_processes 2` starts one process unless an MPI hostfile is configured: the
 config above launches the CPU processes through torchrun instead.)
@@ -19,6 +19,7 @@ With --four_way the "full" run starts with the first 32 samples marked for 4-way
 With --data_pipeline device the same images are served by `DeviceImageDataset`s (one decoded cache in OUT/pixels,
 built by the main process while the other waits) and augmented in `_prepare_inputs`.
 With --cutmix_alpha each process mixes the singles of its own batches with timm's CutMix.
+With --torch_compile_backend each process trains with the backbone compiled by that backend (inside DDP).
 """
 
 import argparse
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import safetensors.numpy
+from torch._dynamo.utils import counters
 from transformers import TrainerCallback
 
 from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split, pixel_digest
@@ -100,6 +102,7 @@ def build_trainer(cli, output_dir, train, evaluation, model_seed=0, callbacks=()
         four_way=cli.four_way,
         data_pipeline=cli.data_pipeline,
         cutmix_alpha=cli.cutmix_alpha,
+        torch_compile_backend=cli.torch_compile_backend,
         ddp_find_unused_parameters=False,
     )
     args = InterTrainArguments(output_dir=output_dir, **{**settings, **overrides})
@@ -131,6 +134,8 @@ def dump(trainer, output_dir, run, **extra):
         "batch_digests": trainer.batch_digests,
         "eval_loss": trainer.evaluate()["eval_loss"],
         "train_runtime": trainer.train_runtime,
+        "backbone_compiled": trainer.backbone_compiled,
+        "compiled_graphs": counters["stats"]["unique_graphs"],
         **extra,
     }
     with open(os.path.join(output_dir, f"{run}_rank{rank}.json"), "w") as f:
@@ -157,6 +162,7 @@ def main():
     parser.add_argument("--four_way", default="none")
     parser.add_argument("--data_pipeline", default="workers", choices=["workers", "device"])
     parser.add_argument("--cutmix_alpha", type=float, default=0.0)
+    parser.add_argument("--torch_compile_backend", default=None)
     cli = parser.parse_args()
     os.makedirs(cli.output_dir, exist_ok=True)
     train, evaluation = datasets_of(cli)

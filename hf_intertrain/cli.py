@@ -146,6 +146,12 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message in one line (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -189,9 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         if os.environ.get("HF_INTERTRAIN_DEBUG"):
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"hf-intertrain: error: {message}", file=sys.stderr)
+        print(f"hf-intertrain: error: {first_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a failure inside training (torch, a backend): one line, the traceback on request
+        if os.environ.get("HF_INTERTRAIN_DEBUG"):
+            raise
+        print(
+            f"hf-intertrain: error: {type(e).__name__}: {first_line(e)} (set HF_INTERTRAIN_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         end_processes()
     return 0

@@ -218,7 +218,10 @@ class InterTrainTrainer(Trainer):
 
         # torch.compile: the backbone only, in place (accelerate compiles nothing, see _build_accelerator_args)
         if args.torch_compile:
-            compile_features(timm_model, args.torch_compile_backend, args.torch_compile_mode, args.compile_fallback)
+            compile_features(
+                timm_model, args.torch_compile_backend, args.torch_compile_mode, args.compile_fallback,
+                full_batches=(args.per_device_train_batch_size, args.per_device_eval_batch_size),
+            )
 
     @property
     def backbone_compiled(self) -> bool:

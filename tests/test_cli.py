@@ -353,3 +353,22 @@ def test_compare_end_to_end_writes_json_png_and_prints_the_table_and_the_verdict
     assert verdict in out.splitlines()
     card = (output_dir / "intertrain" / "README.md").read_text()
     assert f"| Against training as many steps without InterTrain | {verdict} |" in card
+
+
+def test_a_failure_inside_training_ends_with_one_line_and_the_traceback_on_request(capfd, monkeypatch):
+    import hf_intertrain.experiments.run as run_module
+
+    def failing(*args):
+        raise RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA")
+
+    monkeypatch.setattr(run_module, "run_training", failing)
+    code, _, err = run_cli(capfd, ["train", "--output_dir", "unused"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and "Traceback" not in err
+    assert lines == [
+        "hf-intertrain: error: RuntimeError: CUDA error: device-side assert triggered (set HF_INTERTRAIN_DEBUG=1 for "
+        "the traceback)"
+    ]
+    monkeypatch.setenv("HF_INTERTRAIN_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        main(["train", "--output_dir", "unused"])

@@ -121,11 +121,26 @@ def test_recompiles_stop_after_the_first_epochs_with_pairs(tmp_path, data):
     trainer.train()
     pairs = [row["intertrain/pairs"] for row in trainer.intertrain_history]
     assert pairs[:2] == [0, 0] and all(p > 0 for p in pairs[2:])
-    # Train mode at a full batch, then at any batch size (the epoch's last batch), and eval mode: three graphs,
-    # all made in epoch 0; the epochs with pairs (from 2 on) add none.
-    assert graphs.per_epoch == [3] * 6, graphs.per_epoch
+    # One graph of the full training batch, made at the first step; the evaluation set is smaller than a full
+    # evaluation batch and, like every epoch's last batch, runs eager. The epochs with pairs (from 2 on) add none.
+    assert graphs.per_epoch == [1] * 6, graphs.per_epoch
     trainer.evaluate()
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_only_full_batches_run_compiled_so_a_partial_batch_never_recompiles(tmp_path):
+    torch._dynamo.reset()
+    counters.clear()
+    model = make_model(output_stride=16)
+    assert compile_features(model.timm_model, "aot_eager", full_batches=(8, 20))
+    for size in (8, 5, 8, 3, 7, 8):
+        model(pixel_values=torch.randn(size, 3, 32, 32)).logits.sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    model.eval()
+    with torch.no_grad():
+        for size in (20, 11, 20):
+            model(pixel_values=torch.randn(size, 3, 32, 32))
+    assert counters["stats"]["unique_graphs"] == 2  # the evaluation batch, without gradients
 
 
 def test_device_pipeline_trains_compiled(tmp_path_factory, tmp_path):
@@ -158,8 +173,8 @@ def test_compiled_checkpoint_resumes_to_the_uninterrupted_outcome(tmp_path, data
 
 def test_a_copy_of_a_compiled_model_runs_its_own_weights():
     model = make_model(output_stride=16)
-    assert compile_features(model.timm_model, "aot_eager")
-    assert compile_features(model.timm_model, "aot_eager")  # compiled once: a second trainer keeps it
+    assert compile_features(model.timm_model, "aot_eager", full_batches=(2,))
+    assert compile_features(model.timm_model, "aot_eager", full_batches=(2,))  # compiled once: a second trainer keeps it
     twin = copy.deepcopy(model)
     with torch.no_grad():
         for p in twin.parameters():
@@ -169,7 +184,10 @@ def test_a_copy_of_a_compiled_model_runs_its_own_weights():
     with torch.no_grad():
         assert not torch.allclose(model(pixel_values=x).logits, twin(pixel_values=x).logits)
         assert features_compiled(twin.timm_model)
-        torch.testing.assert_close(twin.timm_model.forward_features(x), type(twin.timm_model).forward_features(twin.timm_model, x))
+        for rows in (x, x[:1]):  # compiled (a full batch) and eager (a partial one)
+            torch.testing.assert_close(
+                twin.timm_model.forward_features(rows), type(twin.timm_model).forward_features(twin.timm_model, rows)
+            )
 
 
 def test_an_accelerate_launch_configs_dynamo_backend_is_ignored_with_a_warning(tmp_path, data, caplog, monkeypatch):
@@ -304,7 +322,7 @@ def test_inductor_trains_pairs_like_eager_without_recompiling_per_batch(tmp_path
     compiled = _trainer(tmp_path / "compiled", data, num_train_epochs=4, callbacks=[graphs], torch_compile=True)
     compiled.train()
     assert compiled.args.torch_compile_backend == "inductor" and compiled.backbone_compiled
-    assert graphs.per_epoch == [3] * 4, graphs.per_epoch
+    assert graphs.per_epoch == [1] * 4, graphs.per_epoch  # the full training batch; evaluation is a partial batch
     assert [row["intertrain/pairs"] > 0 for row in compiled.intertrain_history] == [False, False, True, True]
     # Inductor rounds differently; once a sample's loss crosses a threshold the plans differ, so only the epochs
     # before interpolation are compared closely.

@@ -241,7 +241,7 @@ def test_two_processes_train_compiled_inside_ddp_with_one_plan(tmp_path):
     trackers = [safetensors.numpy.load_file(str(tmp_path / f"full_rank{r}.safetensors")) for r in range(2)]
 
     assert [r["backbone_compiled"] for r in reports] == [True, True]
-    assert all(1 <= r["compiled_graphs"] <= 3 for r in reports)
+    assert [r["compiled_graphs"] for r in reports] == [2, 2]  # per process: the full batch, with and without gradients
     assert [row["intertrain/pairs"] > 0 for row in reports[0]["history"]] == [False, False, True]
     assert _without_seconds(reports[0]["logged"]) == _without_seconds(reports[1]["logged"])
     for key in trackers[0]:

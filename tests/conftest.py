@@ -87,6 +87,15 @@ def make_model(architecture: str = "test_resnet", num_labels: int = 4, seed: int
     return TimmWrapperForImageClassification(config)
 
 
+def with_four_way_members(trainer):
+    """Start the run with 8 composites of 4 and 4 pairs in epoch 0 (samples 0-31 marked, 32-39 paired)."""
+    state = trainer.tracker.state_dict()
+    state["reason"][:40] = 1
+    state["in_four_way"][:32] = True
+    trainer.tracker.load_state_dict(state)
+    return trainer
+
+
 @pytest.fixture(scope="session")
 def tiny_train_dataset():
     return make_dataset(96, seed=0)

@@ -19,7 +19,7 @@ from accelerate.utils import DynamoBackend, is_compiled_module
 from torch._dynamo.utils import counters
 from transformers import TrainerCallback
 
-from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split
+from conftest import TINY_TRAINING, make_dataset, make_device_dataset, make_model, make_split, with_four_way_members
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.compilation import compile_features, features_compiled
 from test_cli import QUIET, TINY_MODEL, assert_one_line_error, run_cli, write_image_dataset
@@ -43,15 +43,6 @@ def _trainer(output_dir, data, model_seed=0, callbacks=(), **overrides):
         model=make_model(output_stride=16, seed=model_seed), args=args, train_dataset=train, eval_dataset=evaluation,
         callbacks=list(callbacks),
     )
-
-
-def _with_four_way_members(trainer):
-    """Start the run with 8 composites of 4 and 4 pairs in epoch 0 (samples 0-31 marked, 32-39 paired)."""
-    state = trainer.tracker.state_dict()
-    state["reason"][:40] = 1
-    state["in_four_way"][:32] = True
-    trainer.tracker.load_state_dict(state)
-    return trainer
 
 
 def _losses(trainer):
@@ -98,7 +89,7 @@ def test_compiled_run_trains_the_eager_runs_losses_and_weights(tmp_path, data, s
     for name, compiled in (("eager", {}), ("compiled", COMPILED)):
         trainer = _trainer(tmp_path / name, data, **settings, **compiled)
         if "four_way" in settings:
-            _with_four_way_members(trainer)
+            with_four_way_members(trainer)
         trainer.train()
         runs[name] = trainer
     compiled, eager = runs["compiled"], runs["eager"]

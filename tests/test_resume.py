@@ -12,7 +12,7 @@ import safetensors.numpy
 import torch
 from transformers import TrainerCallback
 
-from conftest import TINY_TRAINING, comparable_history, make_dataset, make_device_dataset, make_model, make_split
+from conftest import TINY_TRAINING, comparable_history, make_dataset, make_device_dataset, make_model, make_split, with_four_way_members
 from hf_intertrain import InterTrainArguments, InterTrainTrainer
 from hf_intertrain.data import BatchSeededDataset
 from hf_intertrain.checkpoint import INTERTRAIN_META_NAME, INTERTRAIN_STATE_NAME
@@ -245,19 +245,10 @@ def test_augmentation_does_not_depend_on_dataloader_workers(tmp_path, data):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
-def _with_four_way_members(trainer):
-    """Start the run with 8 composites of 4 and 4 pairs in epoch 0 (samples 0-31 marked, 32-39 paired)."""
-    state = trainer.tracker.state_dict()
-    state["reason"][:40] = 1
-    state["in_four_way"][:32] = True
-    trainer.tracker.load_state_dict(state)
-    return trainer
-
-
 @pytest.mark.parametrize("four_way", ["randpatch4", "mosaic4"])
 def test_resume_mid_epoch_with_four_way_composites_ends_where_the_uninterrupted_run_ends(tmp_path, data, four_way):
     settings = {"four_way": four_way, "num_train_epochs": 3, "save_strategy": "no"}
-    reference = _with_four_way_members(_trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([2])], **settings))
+    reference = with_four_way_members(_trainer(tmp_path / "reference", data, callbacks=[SaveAtSteps([2])], **settings))
     reference.train()
     assert reference.intertrain_history[0]["intertrain/four_way_composites"] == 8
     assert reference.epoch_update_steps[0] == 4  # 88 - 4 - 24 = 60 items in batches of 16

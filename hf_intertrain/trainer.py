@@ -112,7 +112,7 @@ class InterTrainTrainer(Trainer):
     the train dataset yields dicts with `pixel_values` and `labels` (any map-style dataset: it is wrapped so that
     the sampler's pairs can be fetched).
 
-    Per epoch the trainer logs the `intertrain/*` statistics of `records.epoch_statistics` (interpolated fraction,
+    Per epoch the trainer logs the `intertrain/*` statistics of `tracker.summary.epoch_statistics` (interpolated fraction,
     items, pairs, regions, ...) through the Trainer's own `log`, so `log_history`, TensorBoard and W&B get them
     beside the Trainer's `loss`, `grad_norm` and `learning_rate`; `intertrain_history` keeps them too.
 

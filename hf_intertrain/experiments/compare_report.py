@@ -245,8 +245,11 @@ def plain_verdict(comparison: dict[str, Any]) -> str | None:
         return None
     run = runs[name]
     reference = comparison["reference"]
-    against = "the full baseline" if reference == REFERENCE else f"the slowest run here ({reference})"
-    line = f"{name}: {_fmt(run['speedup'], '.2f', 'x')} faster than {against}"
+    if reference == name:
+        line = f"{name}: the slowest run here (no full baseline to time it against)"
+    else:
+        against = "the full baseline" if reference == REFERENCE else f"the slowest run here ({reference})"
+        line = f"{name}: {_fmt(run['speedup'], '.2f', 'x')} faster than {against}"
     entry = (comparison.get("verdict") or {}).get(name)
     if entry is None or entry["accuracy_delta"] is None:
         return line + "; no budget-matched run to judge it against (add budget to --variants)"

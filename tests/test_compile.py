@@ -195,10 +195,15 @@ def test_an_accelerate_launch_configs_dynamo_backend_is_ignored_with_a_warning(t
 
 
 @pytest.fixture
-def onnxrt_unavailable():
-    """onnxrt is a backend name accelerate accepts and torch.compile knows only with onnxruntime installed."""
-    if "onnxrt" in torch._dynamo.list_backends():
-        pytest.skip("onnxruntime is installed: onnxrt compiles here")
+def onnxrt_unavailable(monkeypatch):
+    """onnxrt is a backend name accelerate accepts and torch.compile knows only with onnxruntime installed: removed
+    from dynamo's registry here, so the test runs the same whether onnxruntime is installed or not."""
+    from torch._dynamo.backends import registry
+
+    registry._lazy_import()
+    monkeypatch.delitem(registry._BACKENDS, "onnxrt", raising=False)
+    monkeypatch.delitem(registry._COMPILER_FNS, "onnxrt", raising=False)
+    assert "onnxrt" not in torch._dynamo.list_backends()
 
 
 @pytest.fixture
